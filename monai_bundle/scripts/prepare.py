@@ -168,6 +168,11 @@ class BUSIPreparation:
                 return self.datalist_path
         return self.run()
 
+    def load_datalist(self) -> dict[str, list[dict]]:
+        """The ``training`` / ``validation`` / ``test`` lists, preparing the dataset first when needed."""
+        datalist = json.loads(self.run_if_needed().read_text())
+        return {split: datalist[split] for split in ("training", "validation", "test")}
+
     def _find_cases(self, skipped: list[dict]) -> list[_Case]:
         if not self.dataset_dir.is_dir():
             raise FileNotFoundError(f"{self.dataset_dir}: dataset folder does not exist")
