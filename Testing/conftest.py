@@ -1,0 +1,25 @@
+"""Shared test set-up: the bundle's ``scripts`` package importable, paths to the bundle and to ../shared."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = REPO_ROOT / "monai_bundle"
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+if str(BUNDLE_ROOT) not in sys.path:
+    sys.path.insert(0, str(BUNDLE_ROOT))
+
+
+@pytest.fixture(scope="session")
+def bundle_root() -> Path:
+    return BUNDLE_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return SHARED_DIR
