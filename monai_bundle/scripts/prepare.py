@@ -27,6 +27,7 @@ from pathlib import Path
 import imagehash
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from skimage.feature import match_template
 from skimage.transform import resize
 
@@ -73,23 +74,31 @@ def _standardise(vectors: np.ndarray) -> np.ndarray:
 
 
 def _crop_match(grey_a: np.ndarray, grey_b: np.ndarray, size: int = 96) -> float:
-    """Best normalised cross-correlation of the smaller image found inside the larger one at several scales."""
+    """Best normalised cross-correlation of the smaller image found inside the larger one.
+
+    The crop may have been rescaled differently along rows and columns, so both scales are searched, coarse to fine.
+    Thumbnails are smoothed so that speckle, which does not survive rescaling, does not decide the match.
+    """
     small, large = sorted((grey_a, grey_b), key=lambda g: g.size)
-    large_thumb = _thumbnail(large, size)
-    best = -1.0
-    for scale in np.linspace(0.6, 0.95, 8):
-        template = resize(small, (max(8, round(size * scale)),) * 2, anti_aliasing=True, preserve_range=True)
-        if template.std() < 1e-3:
-            continue
-        best = max(best, float(match_template(large_thumb, template.astype(np.float32)).max()))
-    return best
+    large_thumb = ndimage.gaussian_filter(_thumbnail(large, size), 1.0)
+    small_thumb = ndimage.gaussian_filter(_thumbnail(small, size), 1.0)
+
+    def score(scale_rows: float, scale_cols: float) -> float:
+        shape = (max(8, round(size * scale_rows)), max(8, round(size * scale_cols)))
+        template = resize(small_thumb, shape, anti_aliasing=True, preserve_range=True).astype(np.float32)
+        return float(match_template(large_thumb, template).max()) if template.std() > 1e-3 else -1.0
+
+    coarse = np.linspace(0.6, 1.0, 9)
+    best = max((score(r, c), r, c) for r in coarse for c in coarse)
+    fine = np.linspace(-0.025, 0.025, 5)
+    return max(score(min(best[1] + dr, 1.0), min(best[2] + dc, 1.0)) for dr in fine for dc in fine)
 
 
 def find_duplicate_groups(
     greys: list[np.ndarray],
     thumbnail_threshold: float = 0.95,
     hash_distance: int = 10,
-    crop_threshold: float = 0.93,
+    crop_threshold: float = 0.85,
 ) -> tuple[list[list[int]], list[tuple[int, int, str, float]]]:
     """Group images that show the same scan.
 
@@ -257,8 +266,9 @@ class BUSIPreparation:
             try:
                 grey, label = self._load_case(case)
             except ImageReadError as error:
-                logger.error(str(error))
-                skipped.append({"file": str(case.image_path), "reason": str(error)})
+                # the reader's message starts with the file it could not read (the image or one of its masks)
+                reason = str(error).removeprefix(f"{case.image_path}: ")
+                skipped.append({"file": str(case.image_path), "reason": reason})
                 continue
             loaded.append(case)
             greys.append(grey)

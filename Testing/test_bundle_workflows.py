@@ -1,0 +1,215 @@
+"""The bundle's workflows run through the real configs with overrides, model-zoo style, on a synthetic BUSI folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+from busi_synthetic import SIZE, make_busi
+
+BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
+CONFIGS = BUNDLE / "configs"
+TINY = {"image_size": [32, 32], "batch_size": 4, "num_workers": 0}
+
+
+def run_workflow(config_files: list[str], workflow_type: str | None = None, **override) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / f) for f in config_files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(BUNDLE),
+        **override,
+    )
+    workflow.initialize()
+    if workflow_type:
+        assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("busi")
+    return root, make_busi(root)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory) -> dict[str, Path]:
+    """Two epochs of training at 32x32 (then one more, resumed)."""
+    root, _ = dataset
+    work = tmp_path_factory.mktemp("train")
+    paths = {"output_dir": work / "run", "ckpt_dir": work / "models", "prepared_dir": work / "prepared"}
+    override = {**TINY, **{k: str(v) for k, v in paths.items()}, "dataset_dir": str(root), "val_interval": 1}
+    first = run_workflow(["train.json"], "train", max_epochs=2, **override)
+    paths["first_epoch"] = first.parser.get_parsed_content("train#trainer").state.epoch
+    return {**paths, "override": override}
+
+
+def test_prepare_reports_and_splits(dataset, trained):
+    root, special = dataset
+    report = json.loads((trained["prepared_dir"] / "report.json").read_text())
+    datalist = json.loads((trained["prepared_dir"] / "datalist.json").read_text())
+    skipped = {Path(s["file"]).name: s["reason"] for s in report["skipped"]}
+    assert "cannot be read" in skipped[special["corrupt"].name]
+    assert special["wrong_mask_size"].name in skipped
+    assert "mask is" in skipped[special["wrong_mask_size"].name]
+    side = {Path(item["image"]).name: split for split in ("training", "validation", "test") for item in datalist[split]}
+    a, b = special["duplicate_a"].name, special["duplicate_b"].name
+    assert side[a] == side[b]
+    assert any({f"benign/{a}", f"benign/{b}"} <= set(group) for group in report["groups"])
+    # 10 benign + the duplicate copy; the corrupt image and the one with a wrong-size mask are skipped
+    assert report["counts_per_class"] == {"benign": 11, "malignant": 8, "normal": 6}
+    assert sum(len(datalist[s]) for s in ("training", "validation", "test")) == 25
+    assert report["images_with_several_masks"] == 1
+    # the two masks of benign (1) are OR-ed, the RGBA mask is read, classes are 1 / 2
+    label = np.asarray(Image.open(trained["prepared_dir"] / "labels/benign/benign (1).png"))
+    assert label[60, 15] == 1 and set(np.unique(label)) == {0, 1}
+    rgba_label = np.asarray(Image.open(trained["prepared_dir"] / "labels/benign/benign (2).png"))
+    assert rgba_label.max() == 1
+    malignant = np.asarray(Image.open(trained["prepared_dir"] / "labels/malignant/malignant (1).png"))
+    assert set(np.unique(malignant)) == {0, 2}
+    assert not any(p.name.startswith("labels") for p in root.iterdir()), "the dataset folder was written"
+
+
+def test_training_saves_and_resumes(trained):
+    assert trained["first_epoch"] == 2
+    assert (trained["output_dir"] / "checkpoint_epoch=2.pt").is_file()
+    assert (trained["ckpt_dir"] / "model.pt").is_file()
+    assert any(trained["output_dir"].glob("events.out.tfevents.*"))
+    # started again with a higher max_epochs, training runs only the missing epoch
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
+        workflow_type="train", bundle_root=str(BUNDLE), max_epochs=3, **trained["override"],
+    )
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    epochs_run = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: epochs_run.append(engine.state.epoch))
+    workflow.run()
+    assert epochs_run == [3]
+    assert trainer.state.iteration == 3 * len(workflow.parser.get_parsed_content("train#dataloader"))
+    assert (trained["output_dir"] / "checkpoint_epoch=3.pt").is_file()
+
+
+def test_evaluate_writes_metrics_and_figures(trained, tmp_path):
+    override = {
+        "image_size": [32, 32],
+        "checkpoint": str(trained["ckpt_dir"] / "model.pt"),
+        "dataset_dir": trained["override"]["dataset_dir"],
+        "prepared_dir": str(trained["prepared_dir"]),
+        "training_log_dir": str(trained["output_dir"]),
+        "output_dir": str(tmp_path),
+        "bootstrap_samples": 200,
+    }
+    run_workflow(["inference.json", "evaluate.json"], **override)
+    test_items = json.loads((trained["prepared_dir"] / "datalist.json").read_text())["test"]
+    with open(tmp_path / "per_image.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["name"] for r in rows] == [item["name"] for item in test_items]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("lesion_dice", "benign_dice", "malignant_dice", "benign_vs_malignant_accuracy",
+                "normal_predicted_empty", "pixel_accuracy", "mean_iou_with_background", "lesion_hd95_px"):
+        assert set(summary[key]) == {"mean", "ci95", "n"}
+    assert summary["images"] == len(test_items)
+    assert sum(map(sum, summary["confusion_matrix"]["counts"])) == len(test_items)
+    for figure in ("confusion_matrix.png", "examples.png", "training_curves.png"):
+        assert (tmp_path / figure).stat().st_size > 1000
+
+
+def test_inference_segments_folder_and_reports_bad_files(trained, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (50, 70), dtype=np.uint8)).save(inputs / "grey.png")
+    Image.fromarray(rng.integers(0, 255, (61, 43, 3), dtype=np.uint8)).save(inputs / "sub" / "colour.jpg")
+    (inputs / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    before = snapshot(inputs)
+    out = tmp_path / "out"
+    override = {"image_size": [32, 32], "checkpoint": str(trained["ckpt_dir"] / "model.pt"),
+                "input_dir": str(inputs), "output_dir": str(out), "progress": "none"}
+    with pytest.raises(SystemExit) as failure:
+        run_workflow(["inference.json"], **override)
+    assert "1 of 3 inputs failed" in str(failure.value) and "broken.png" in str(failure.value)
+    for stem, size in (("grey", (50, 70)), ("sub/colour", (61, 43))):
+        label = np.asarray(Image.open(out / f"{stem}_seg.png"))
+        assert label.shape == size and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2}
+        assert (out / f"{stem}_overlay.png").is_file() and (out / f"{stem}_lesions.csv").is_file()
+    assert not list(out.rglob("broken*"))
+    assert snapshot(inputs) == before
+    with pytest.raises(SystemExit, match="must not be the input folder"):
+        run_workflow(["inference.json"], **{**override, "output_dir": str(inputs / "results")})
+
+
+def test_inference_with_no_input_fails(trained, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no supported image"):
+        run_workflow(["inference.json"], input_dir=str(tmp_path / "empty"), output_dir=str(tmp_path / "out"),
+                     checkpoint=str(trained["ckpt_dir"] / "model.pt"))
+
+
+def test_inference_command_line_from_repo_root(trained, tmp_path):
+    """The documented command, as a user types it, from the repository root."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "monai_bundle/configs/inference.json",
+               "--input_dir", "monai_bundle/sample_data", "--output_dir", str(out), "--progress", "none"]
+    done = subprocess.run(command, cwd=BUNDLE.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for sample in (BUNDLE / "sample_data").glob("*.png"):
+        label = Image.open(out / f"{sample.stem}_seg.png")
+        assert label.size == Image.open(sample).size
+
+
+def test_multi_gpu_training_runs_under_torchrun_on_cpu(dataset, trained, tmp_path):
+    """Two processes, gloo backend, DistributedDataParallel."""
+    root, _ = dataset
+    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+               "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"),
+               "--logging_file", str(CONFIGS / "logging.conf"), "--bundle_root", str(BUNDLE),
+               "--dataset_dir", str(root), "--prepared_dir", str(trained["prepared_dir"]),
+               "--output_dir", str(tmp_path / "run"), "--ckpt_dir", str(tmp_path / "models"),
+               "--max_epochs", "1", "--val_interval", "1", "--image_size", "[32,32]", "--batch_size", "4",
+               "--num_workers", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert (tmp_path / "run" / "checkpoint_epoch=1.pt").is_file()
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_configs_share_the_model_definition():
+    """train.json and inference.json each stand alone; their network and preprocessing must not drift apart."""
+    train = json.loads((CONFIGS / "train.json").read_text())
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    assert train["network_def"] == inference["network_def"]
+    assert train["image_size"] == inference["image_size"]
+    # training loads through the reader, then applies the same intensity scaling and resizing as inference
+    training_steps = train["train"]["deterministic_transforms"][1:]
+    inference_steps = inference["preprocessing"]["transforms"]
+    assert [t["_target_"] for t in training_steps] == [t["_target_"] for t in inference_steps]
+    for trained_step, inferred_step in zip(training_steps, inference_steps):
+        for key, value in inferred_step.items():
+            if key in ("keys", "mode", "anti_aliasing", "allow_missing_keys"):
+                continue
+            assert trained_step[key] == value, key
+    assert train["train"]["deterministic_transforms"][2]["mode"][0] == inference_steps[1]["mode"]
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    outputs = metadata["network_data_format"]["outputs"]["pred"]
+    assert outputs["channel_def"] == {"0": "background", "1": "benign", "2": "malignant"}
+    assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == train["image_size"]
