@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 
 from busi_synthetic import SIZE, make_busi
@@ -213,3 +214,35 @@ def test_configs_share_the_model_definition():
     outputs = metadata["network_data_format"]["outputs"]["pred"]
     assert outputs["channel_def"] == {"0": "background", "1": "benign", "2": "malignant"}
     assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == train["image_size"]
+
+
+def test_bundle_verification_and_export(tmp_path):
+    """verify_metadata (offline schema), verify_net_in_out and ckpt_export, as model-zoo CI runs them."""
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(BUNDLE / "docs" / "metadata_schema.json"))
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE))
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
+                meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
+                bundle_root=str(BUNDLE))
+    exported = torch.jit.load(str(tmp_path / "model.ts"))
+    network.eval()
+    image = torch.rand(1, 1, 256, 256)
+    with torch.inference_mode():
+        assert torch.allclose(exported(image), network(image), atol=1e-5)
+
+
+def test_shipped_weights_load_and_match_torchscript():
+    """The weights the inference config uses by default, and their TorchScript export, give the same output."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
+    network.eval()
+    exported = torch.jit.load(str(BUNDLE / "models" / "model.ts"), map_location="cpu")
+    image = torch.rand(2, 1, 256, 256)
+    with torch.inference_mode():
+        assert torch.allclose(exported(image), network(image), atol=1e-5)
