@@ -1,0 +1,111 @@
+"""BUSI preparation on the real dataset and on bad folders; metrics and lesion postprocessing on hand-made arrays."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scripts.metrics import bootstrap_ci, image_metrics
+from scripts.postprocess import label_lesions
+from scripts.prepare import BUSIPreparation
+
+BUSI = Path(__file__).resolve().parents[2] / "shared" / "data" / "BUSI"
+
+
+@pytest.mark.skipif(not BUSI.is_dir(), reason="../shared/data/BUSI is not present")
+def test_prepare_real_busi(tmp_path):
+    BUSIPreparation(str(BUSI), str(tmp_path)).run()
+    report = json.loads((tmp_path / "report.json").read_text())
+    datalist = json.loads((tmp_path / "datalist.json").read_text())
+    assert report["counts_per_class"] == {"normal": 108, "benign": 377, "malignant": 165}
+    assert report["skipped"] == []
+    # the byte-identical pair filed under both classes is found and kept out of every split
+    assert any({"benign/benign (433).png", "malignant/malignant (145).png"} <= set(g) for g in report["conflicting_labels"])
+    side = {item["name"]: split for split in ("training", "validation", "test") for item in datalist[split]}
+    assert "benign/benign (433).png" not in side
+    for group in report["groups"]:
+        assert len({side[name] for name in group if name in side}) <= 1, group
+    # the pairs listed with the dataset (64x64 correlation > 0.99) are all found
+    listed = [line.split("\t") for line in (BUSI / "near_duplicates.tsv").read_text().splitlines()[1:]]
+    grouped = {name: k for k, group in enumerate(report["groups"]) for name in group}
+    for _, a, b, *_ in listed:
+        if (BUSI / a).is_file() and (BUSI / b).is_file():
+            assert a in grouped and grouped[a] == grouped[b], (a, b)
+    sizes = {split: len(datalist[split]) for split in ("training", "validation", "test")}
+    used = sum(sizes.values())
+    assert abs(sizes["test"] / used - 0.05) < 0.02 and abs(sizes["validation"] / used - 0.15) < 0.03
+
+
+def test_prepare_refuses_empty_and_wrong_layout(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no BUSI images found"):
+        BUSIPreparation(str(tmp_path / "empty"), str(tmp_path / "out")).run()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        BUSIPreparation(str(tmp_path / "missing"), str(tmp_path / "out")).run()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "benign (1).png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="expected benign/, malignant/ and normal/"):
+        BUSIPreparation(str(flat), str(tmp_path / "out")).run()
+    with pytest.raises(ValueError, match="must not be inside the dataset folder"):
+        BUSIPreparation(str(flat), str(flat / "prepared")).run()
+
+
+def test_image_metrics_match_hand_computed_values():
+    truth = np.zeros((10, 10), dtype=np.uint8)
+    truth[2:6, 2:6] = 2  # 16 malignant pixels
+    prediction = np.zeros_like(truth)
+    prediction[3:7, 2:6] = 2  # 16 pixels, 12 of them overlapping
+    prediction[8, 8] = 1  # one benign false positive
+    row = image_metrics(prediction, truth)
+    assert row["true_class"] == 2 and row["predicted_class"] == 2
+    assert row["lesion_dice"] == pytest.approx(2 * 12 / (17 + 16))
+    assert row["lesion_iou"] == pytest.approx(12 / 21)
+    assert row["lesion_precision"] == pytest.approx(12 / 17)
+    assert row["lesion_recall"] == pytest.approx(12 / 16)
+    assert row["true_class_dice"] == pytest.approx(2 * 12 / 32)
+    assert row["pixel_accuracy"] == pytest.approx((100 - 4 - 4 - 1) / 100)
+    # background IoU 79/88, benign 0/1, malignant 12/20
+    assert row["mean_iou_with_background"] == pytest.approx((79 / 88 + 0 + 12 / 20) / 3)
+    assert row["lesion_hd95_px"] > 0 and not row["predicted_empty"]
+
+
+def test_normal_images_are_scored_by_empty_prediction():
+    truth = np.zeros((8, 8), dtype=np.uint8)
+    empty = image_metrics(truth.copy(), truth)
+    assert empty["predicted_empty"] == 1.0 and empty["lesion_dice"] == 1.0 and empty["predicted_class"] == 0
+    assert math.isnan(empty["lesion_hd95_px"]) and math.isnan(empty["true_class_dice"])
+    false_positive = truth.copy()
+    false_positive[0, 0] = 1
+    scored = image_metrics(false_positive, truth)
+    assert scored["predicted_empty"] == 0.0 and scored["lesion_dice"] == 0.0 and scored["predicted_class"] == 1
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    values = np.array([0.2, 0.4, 0.6, 0.8, 1.0, float("nan")])
+    low, high = bootstrap_ci(values, samples=2000, seed=1)
+    assert low < 0.6 < high and 0.2 <= low and high <= 1.0
+    assert all(math.isnan(v) for v in bootstrap_ci(np.array([float("nan")])))
+
+
+def test_each_lesion_gets_one_class_and_specks_are_dropped():
+    probabilities = np.zeros((3, 40, 40), dtype=np.float32)
+    probabilities[0] = 1.0
+    # a lesion whose pixels are mostly malignant, with a benign-looking corner and a hole
+    probabilities[:, 5:20, 5:20] = np.array([0.1, 0.3, 0.6])[:, None, None]
+    probabilities[:, 5:9, 5:9] = np.array([0.1, 0.6, 0.3])[:, None, None]
+    probabilities[:, 12, 12] = np.array([0.9, 0.05, 0.05])
+    # a one-pixel speck and a faint (low-confidence) region
+    probabilities[:, 30, 30] = np.array([0.2, 0.8, 0.0])
+    probabilities[:, 25:35, 2:12] = np.array([0.45, 0.3, 0.25])[:, None, None]
+    labels, lesions = label_lesions(probabilities, min_area_fraction=0.002, min_confidence=0.6)
+    assert set(np.unique(labels[5:20, 5:20])) == {2}  # one class, hole filled
+    assert labels[30, 30] == 0 and labels[25:35, 2:12].max() == 0
+    assert len(lesions) == 1
+    lesion = lesions[0]
+    assert (lesion.label, lesion.class_name, lesion.area_px) == (2, "malignant", 225)
+    assert lesion.bbox == (5, 5, 19, 19)
