@@ -11,22 +11,19 @@ import json
 import logging
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from scripts.inference import SegmentationRunner  # noqa: E402
-from scripts.metrics import bootstrap_ci, image_metrics  # noqa: E402
-from scripts.reader import read_image  # noqa: E402
+from scripts.inference import SegmentationRunner
+from scripts.metrics import bootstrap_ci, image_metrics
+from scripts.reader import read_image
+from scripts.writers import overlay_picture
 
 __all__ = ["Evaluation", "summarise"]
 
 logger = logging.getLogger(__name__)
 CLASS_NAMES = ["normal", "benign", "malignant"]
-OVERLAY_COLOURS = np.array([[0, 0, 0], [0, 200, 80], [230, 40, 40]], dtype=np.float32)
 
 
 def _mean_with_ci(values: list[float], samples: int, seed: int) -> dict:
@@ -68,18 +65,16 @@ def summarise(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict:
         "image_accuracy_3class": _mean_with_ci(
             [float(r["predicted_class"] == r["true_class"]) for r in rows], samples, seed
         ),
-        "lesion_detection": {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(precision + recall, 1e-9)},
+        # image level: is a lesion present?
+        "lesion_detection": {
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / max(precision + recall, 1e-9),
+        },
         "pixel_accuracy": _mean_with_ci(of(rows, "pixel_accuracy"), samples, seed),
         "mean_iou_with_background": _mean_with_ci(of(rows, "mean_iou_with_background"), samples, seed),
         "confusion_matrix": {"rows_true_cols_predicted": CLASS_NAMES, "counts": confusion.tolist()},
     }
-
-
-def _overlay(grey: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    rgb = np.repeat((grey / max(grey.max(), 1e-6) * 255)[..., np.newaxis], 3, axis=-1)
-    lesion = labels > 0
-    rgb[lesion] = 0.55 * rgb[lesion] + 0.45 * OVERLAY_COLOURS[labels[lesion]]
-    return rgb.astype(np.uint8)
 
 
 class Evaluation:
@@ -157,7 +152,8 @@ class Evaluation:
             writer.writerows(rows)
 
     def _plot_confusion(self, counts: np.ndarray) -> None:
-        figure, axes = plt.subplots(figsize=(4, 3.6))
+        figure = Figure(figsize=(4, 3.6))
+        axes = figure.subplots()
         axes.imshow(counts, cmap="Blues")
         for (i, j), value in np.ndenumerate(counts):
             axes.text(j, i, str(value), ha="center", va="center", color="black")
@@ -168,23 +164,22 @@ class Evaluation:
         axes.set_title("image-level class")
         figure.tight_layout()
         figure.savefig(self.output_dir / "confusion_matrix.png", dpi=120)
-        plt.close(figure)
 
     def _plot_examples(self, shown: list[tuple]) -> None:
         if not shown:
             return
-        figure, axes = plt.subplots(len(shown), 3, figsize=(9, 3 * len(shown)), squeeze=False)
+        figure = Figure(figsize=(9, 3 * len(shown)))
+        axes = figure.subplots(len(shown), 3, squeeze=False)
         for row, (name, grey, truth, prediction) in enumerate(shown):
-            for column, (title, picture) in enumerate(
-                [(name, grey), ("ground truth", _overlay(grey, truth)), ("prediction", _overlay(grey, prediction))]
-            ):
+            pictures = [(name, grey), ("ground truth", overlay_picture(grey, truth))]
+            pictures.append(("prediction", overlay_picture(grey, prediction)))
+            for column, (title, picture) in enumerate(pictures):
                 axes[row, column].imshow(picture, cmap="gray")
                 axes[row, column].set_title(title, fontsize=9)
                 axes[row, column].axis("off")
         figure.suptitle("green: benign, red: malignant")
         figure.tight_layout()
         figure.savefig(self.output_dir / "examples.png", dpi=100)
-        plt.close(figure)
 
     def _plot_training_curves(self, log_dir: Path) -> None:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -195,7 +190,8 @@ class Evaluation:
         events = EventAccumulator(str(log_dir))
         events.Reload()
         tags = [t for t in ("train_loss", "val_mean_dice", "train_mean_dice") if t in events.Tags()["scalars"]]
-        figure, axes = plt.subplots(1, len(tags), figsize=(4 * len(tags), 3.2), squeeze=False)
+        figure = Figure(figsize=(4 * len(tags), 3.2))
+        axes = figure.subplots(1, len(tags), squeeze=False)
         for axis, tag in zip(axes[0], tags):
             scalars = events.Scalars(tag)
             axis.plot([s.step for s in scalars], [s.value for s in scalars])
@@ -203,4 +199,3 @@ class Evaluation:
             axis.set_xlabel("epoch" if "dice" in tag else "iteration")
         figure.tight_layout()
         figure.savefig(self.output_dir / "training_curves.png", dpi=120)
-        plt.close(figure)

@@ -59,6 +59,7 @@ def image_metrics(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]
     predicted_lesion, true_lesion = prediction > 0, truth > 0
     true_class, predicted_class = image_class(truth), image_class(prediction)
     tp = np.logical_and(predicted_lesion, true_lesion).sum()
+    present = [c for c in range(3) if (prediction == c).any() or (truth == c).any()]
     row = {
         "true_class": true_class,
         "predicted_class": predicted_class,
@@ -73,9 +74,7 @@ def image_metrics(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]
         "predicted_empty": float(not predicted_lesion.any()),
         "pixel_accuracy": float((prediction == truth).mean()),
         # mean over background, benign and malignant of the classes present in truth or prediction
-        "mean_iou_with_background": float(
-            np.mean([iou(prediction == c, truth == c) for c in range(3) if (prediction == c).any() or (truth == c).any()])
-        ),
+        "mean_iou_with_background": float(np.mean([iou(prediction == c, truth == c) for c in present])),
     }
     return row
 

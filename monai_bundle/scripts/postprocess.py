@@ -94,7 +94,8 @@ class LesionPostprocess:
 
     def __call__(self, probabilities: torch.Tensor | np.ndarray) -> tuple[np.ndarray, list[Lesion]]:
         array = probabilities.detach().cpu().numpy() if isinstance(probabilities, torch.Tensor) else probabilities
-        labels, lesions = label_lesions(np.asarray(array, dtype=np.float32), self.min_area_fraction, self.min_confidence)
+        array = np.asarray(array, dtype=np.float32)
+        labels, lesions = label_lesions(array, self.min_area_fraction, self.min_confidence)
         return labels[np.newaxis], lesions
 
 

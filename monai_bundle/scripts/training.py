@@ -49,4 +49,5 @@ class ResumeFromLatest:
         if self.checkpoint is None:
             return
         logger.info(f"resuming from {self.checkpoint}")
-        CheckpointLoader(load_path=str(self.checkpoint), load_dict=self.load_dict, map_location=self.map_location).attach(engine)
+        loader = CheckpointLoader(load_path=str(self.checkpoint), load_dict=self.load_dict, map_location=self.map_location)
+        loader.attach(engine)
