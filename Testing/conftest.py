@@ -1,4 +1,4 @@
-"""Shared test set-up: the bundle's ``scripts`` package importable, paths to the bundle and to ../shared."""
+"""Shared test set-up: the bundle's ``scripts`` package and ``BUSISegmentationLib`` importable, paths to the bundle and to ../shared."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "monai_bundle"
 SHARED_DIR = REPO_ROOT.parent / "shared"
 
-if str(BUNDLE_ROOT) not in sys.path:
-    sys.path.insert(0, str(BUNDLE_ROOT))
+for importable in (BUNDLE_ROOT, REPO_ROOT / "BUSISegmentation"):
+    if str(importable) not in sys.path:
+        sys.path.insert(0, str(importable))
 
 
 @pytest.fixture(scope="session")

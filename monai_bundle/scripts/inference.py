@@ -30,14 +30,16 @@ logger = logging.getLogger(__name__)
 FORMATS = ("png", "nifti", "seg.nrrd", "dicom-seg")
 
 
-def find_inputs(input_dir: str | Path | None, input_files: Sequence[str | Path] = ()) -> list[tuple[Path, Path]]:
-    """(file, root) pairs: the given files, then every supported file under ``input_dir``, sorted."""
+def find_inputs(
+    input_dir: str | Path | Sequence[str | Path] | None, input_files: Sequence[str | Path] = ()
+) -> list[tuple[Path, Path]]:
+    """(file, root) pairs: the given files, then every supported file under the input folder(s), sorted."""
     found = [(Path(f), Path(f).parent) for f in input_files]
-    if input_dir:
-        root = Path(input_dir)
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: input folder does not exist")
-        found += [(p, root) for p in sorted(root.rglob("*")) if p.is_file() and is_supported(p)]
+    folders = [input_dir] if isinstance(input_dir, (str, Path)) else list(input_dir or ())
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise SystemExit(f"{folder}: input folder does not exist")
+        found += [(p, folder) for p in sorted(folder.rglob("*")) if p.is_file() and is_supported(p)]
     return found
 
 
@@ -58,7 +60,7 @@ class SegmentationRunner:
             list (``"pred_lesions"``); it may invert ``preprocessing`` using the ``"image"`` entry.
         inferer: how the network is applied to a batch of frames.
         output_dir: where results go; must not be inside ``input_dir``.
-        input_dir: folder searched recursively for images; None when only ``input_files`` are given.
+        input_dir: folder (or folders) searched recursively for images; None when only ``input_files`` are given.
         input_files: single files to segment.
         checkpoint: weights to load (a state dict), None when the network is already loaded.
         formats: "auto" (each input's default, e.g. PNG for pictures, DICOM SEG for DICOM) or a list of
@@ -77,7 +79,7 @@ class SegmentationRunner:
         postprocessing: Callable[[dict], dict],
         inferer: Inferer,
         output_dir: str,
-        input_dir: str | None = None,
+        input_dir: str | Sequence[str] | None = None,
         input_files: Sequence[str] = (),
         checkpoint: str | None = None,
         formats: str | Sequence[str] = "auto",
@@ -147,8 +149,7 @@ class SegmentationRunner:
 
     def _check_output_dir(self, inputs: list[tuple[Path, Path]]) -> None:
         output = self.output_dir.resolve()
-        for path, root in inputs:
-            protected = root.resolve() if self.input_dir else path.resolve().parent
+        for protected in {root.resolve() for _, root in inputs}:
             if output == protected or protected in output.parents:
                 raise SystemExit(f"{self.output_dir}: output folder must not be the input folder or inside it")
 

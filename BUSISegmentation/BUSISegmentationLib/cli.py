@@ -1,0 +1,137 @@
+"""``busi-segment``: segment breast ultrasound files and folders with the bundle's inference workflow.
+
+The tool only fills in overrides of ``configs/inference.json`` and runs that workflow in this process, so it
+reads, preprocesses, infers, postprocesses and writes exactly as ``python -m monai.bundle run`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+FORMATS = ("png", "nifti", "seg.nrrd", "dicom-seg")
+
+EXAMPLES = """\
+examples:
+  busi-segment scan.png -o results
+      results/scan_seg.png (label map 0/1/2), scan_overlay.png, scan_lesions.csv/.json
+  busi-segment cine.dcm -o results --format dicom-seg,nifti
+      DICOM SEG referencing the source instance (one per frame for cine loops without geometry) and NIfTI
+  busi-segment stack.nii.gz volume.nrrd -o results --format nifti,seg.nrrd
+      every frame of each stack segmented; geometry (spacing, origin, direction) kept
+  busi-segment study_folder/ -o results --tta --device cpu
+      every supported file under study_folder/, recursively; results/<relative path>/<name>_seg.*
+
+Exit code 0 when every input was segmented, 1 when any failed (each failure is reported on one line).
+"""
+
+
+def default_bundle_dir() -> Path:
+    """``$BUSI_BUNDLE_DIR``, else the bundle beside this package (repository checkout or Slicer install)."""
+    if os.environ.get("BUSI_BUNDLE_DIR"):
+        return Path(os.environ["BUSI_BUNDLE_DIR"])
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "monai_bundle", here.parent / "Resources" / "monai_bundle"):
+        if (candidate / "configs" / "inference.json").is_file():
+            return candidate
+    raise FileNotFoundError("cannot find the MONAI bundle; set BUSI_BUNDLE_DIR or pass --bundle")
+
+
+def _formats(value: str) -> str | list[str]:
+    if value == "auto":
+        return value
+    formats = [f.strip() for f in value.split(",") if f.strip()]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {unknown or value!r}; choose from {', '.join(FORMATS)}")
+    return formats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="busi-segment",
+        description="Segment breast ultrasound images into background, benign lesion and malignant lesion. "
+        "Research use only, not for diagnosis.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files or folders (searched recursively): PNG, JPEG, BMP, TIFF, DICOM (.dcm or no suffix), "
+        "NIfTI, NRRD, MHA/MHD",
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, type=Path, help="output folder; must not be an input folder or inside one"
+    )
+    parser.add_argument(
+        "--format",
+        default="auto",
+        type=_formats,
+        help="comma-separated output formats: png, nifti, seg.nrrd, dicom-seg. 'auto' (default) chooses per input: "
+        "PNG for pictures, DICOM SEG and NIfTI for DICOM, NIfTI for NIfTI/MHA, seg.nrrd for NRRD",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the network runs; 'auto' (default) uses a CUDA GPU when there is one",
+    )
+    parser.add_argument(
+        "--tta", action="store_true", help="average with the horizontally mirrored image (about twice the time)"
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("bar", "lines", "none"),
+        default="bar",
+        help="progress bar (default), 'PROGRESS done total' lines for programs, or nothing",
+    )
+    parser.add_argument("--bundle", type=Path, help="bundle folder (default: the bundle installed with this tool)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tool; returns the exit code (SystemExit carries it when inputs fail)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        bundle = args.bundle or default_bundle_dir()
+    except FileNotFoundError as error:
+        parser.error(str(error))
+    configs = bundle / "configs"
+    if not (configs / "inference.json").is_file():
+        parser.error(f"{bundle}: not a bundle folder (no configs/inference.json)")
+    import torch
+    from monai.bundle import ConfigWorkflow
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is available here; use --device cpu")
+    folders = [str(p) for p in args.inputs if Path(p).is_dir()]
+    files = [str(p) for p in args.inputs if not Path(p).is_dir()]
+    override = {"device": args.device} if args.device != "auto" else {}
+    workflow = ConfigWorkflow(
+        config_file=str(configs / "inference.json"),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type=None,
+        bundle_root=str(bundle),
+        input_dir=folders,
+        input_files=files,
+        output_dir=str(args.output),
+        formats=args.format,
+        tta=args.tta,
+        progress=args.progress,
+        **override,
+    )
+    workflow.initialize()
+    workflow.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
