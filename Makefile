@@ -27,7 +27,7 @@ test: $(INSTALLED)
 	$(BIN)/python -m pytest -q -p no:cacheprovider Testing
 
 bench: $(INSTALLED)
-	$(BIN)/python Testing/benchmark.py
+	$(BIN)/python benchmarks/benchmark.py
 
 clean:
 	rm -rf $(DEMO_OUT) $(BUNDLE)/eval

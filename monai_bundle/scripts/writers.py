@@ -409,8 +409,9 @@ def overlay_picture(grey: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def _write_overlay(result: SegmentationResult, paths: list[Path]) -> None:
     with_lesion = np.flatnonzero(result.labels.reshape(result.labels.shape[0], -1).any(axis=1))
     frame = int(with_lesion[0]) if with_lesion.size else 0
+    # the overlay is for people: fast compression keeps it from costing as much as the network
     Image.fromarray(overlay_picture(result.image.frames[frame], result.labels[frame]), mode="RGB").save(
-        paths[0], format="PNG"
+        paths[0], format="PNG", compress_level=1
     )
 
 
