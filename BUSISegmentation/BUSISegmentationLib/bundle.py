@@ -1,0 +1,94 @@
+"""Where the MONAI bundle is and how its inference is started."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["BUNDLE_DIR_ENV", "DEVICES", "MODULE_DIR", "bundle_candidates", "build_command", "locate_bundle"]
+
+BUNDLE_DIR_ENV = "BUSI_BUNDLE_DIR"
+# Directory of BUSISegmentation.py, in the source tree and in an installed extension alike.
+MODULE_DIR = Path(__file__).resolve().parents[1]
+# Device names the bundle accepts; "auto" keeps the bundle's own choice (the GPU when there is one).
+DEVICES = ("auto", "cpu", "cuda")
+INFERENCE_CONFIG = Path("configs") / "inference.json"
+
+
+def bundle_candidates() -> list[Path]:
+    """Folders searched for the bundle, in order: ``$BUSI_BUNDLE_DIR``, the module's resources, the source tree."""
+    candidates = [MODULE_DIR / "Resources" / "monai_bundle", MODULE_DIR.parent / "monai_bundle"]
+    if os.environ.get(BUNDLE_DIR_ENV):
+        candidates.insert(0, Path(os.environ[BUNDLE_DIR_ENV]))
+    return candidates
+
+
+def locate_bundle() -> Path:
+    """The bundle folder: the first of :func:`bundle_candidates` that holds ``configs/inference.json``.
+
+    Raises:
+        ValueError: ``$BUSI_BUNDLE_DIR`` is set but is not a bundle folder.
+        FileNotFoundError: no bundle was found; the message lists the folders searched.
+    """
+    if os.environ.get(BUNDLE_DIR_ENV):
+        folder = Path(os.environ[BUNDLE_DIR_ENV])
+        if not (folder / INFERENCE_CONFIG).is_file():
+            raise ValueError(f"{BUNDLE_DIR_ENV}={folder} is not a bundle folder: it has no {INFERENCE_CONFIG}")
+        return folder.resolve()
+    for folder in bundle_candidates():
+        if (folder / INFERENCE_CONFIG).is_file():
+            return folder.resolve()
+    searched = ", ".join(str(folder) for folder in bundle_candidates())
+    raise FileNotFoundError(f"MONAI bundle not found; searched {searched} (or set {BUNDLE_DIR_ENV})")
+
+
+def _list_argument(values: list[str]) -> str:
+    # The bundle parses list overrides as Python literals; JSON strings with forward slashes are valid literals
+    # on every platform (a Windows path with backslashes would be read as escape sequences).
+    return json.dumps(values)
+
+
+def build_command(
+    python_executable: str | Path,
+    bundle_dir: str | Path,
+    input_file: str | Path,
+    output_dir: str | Path,
+    device: str = "auto",
+    tta: bool = False,
+) -> list[str]:
+    """Command line that runs the bundle inference on one file and writes a Slicer segmentation and lesion table.
+
+    For ``<folder>/<stem>.nrrd`` the bundle writes ``<output_dir>/<stem>_seg.seg.nrrd`` and
+    ``<output_dir>/<stem>_lesions.json`` and prints ``PROGRESS <done> <total>`` once per frame.
+
+    Args:
+        python_executable: Python that has MONAI and torch (``PythonSlicer`` inside 3D Slicer).
+        bundle_dir: the bundle folder (see :func:`locate_bundle`).
+        input_file: image to segment; ``output_dir`` must not be inside its folder.
+        output_dir: folder for the results.
+        device: one of :data:`DEVICES`.
+        tta: also segment the mirrored image and average (twice the computation).
+
+    Raises:
+        ValueError: unknown ``device``.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is not supported; choose from {list(DEVICES)}")
+    bundle_dir = Path(bundle_dir)
+    command = [
+        str(python_executable), "-m", "monai.bundle", "run",
+        "--config_file", (bundle_dir / INFERENCE_CONFIG).as_posix(),
+        "--bundle_root", bundle_dir.as_posix(),
+        "--input_files", _list_argument([Path(input_file).as_posix()]),
+        # Only the given file: without this the bundle would also segment its default input folder.
+        "--input_dir", "[]",
+        "--output_dir", Path(output_dir).as_posix(),
+        "--formats", _list_argument(["seg.nrrd"]),
+        # Python literals, so that the bundle receives a bool and not the string "false".
+        "--tta", "True" if tta else "False",
+        "--progress", "lines",
+    ]  # fmt: skip
+    if device != "auto":
+        command += ["--device", device]
+    return command
