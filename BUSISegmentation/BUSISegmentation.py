@@ -175,6 +175,8 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         if self._task:
+            # The widget is going away: the task must not call back into it.
+            self._task.progressCallback = self._task.completedCallback = None
             self.logic.cancel(self._task)
         self.removeObservers()
 
@@ -250,7 +252,6 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 )
             self.ui.logTextEdit.clear()
             self.showLesions([])
-            self.ui.progressBar.setRange(0, 0)
             self._task = self.logic.process(
                 parameters.inputVolume,
                 parameters.outputSegmentation,
@@ -260,6 +261,7 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 progressCallback=self.onProgress,
                 completedCallback=self.onCompleted,
             )
+            self.ui.progressBar.setRange(0, 0)  # busy until the bundle reports the number of frames
         self.updateSegmentButton()
 
     def installDependenciesIfNeeded(self) -> bool:
@@ -414,8 +416,10 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
                 )
                 if torch is None:
                     raise RuntimeError("PyTorch could not be installed; install it in the PyTorch Utils module")
-        for requirement in missing_requirements():
-            slicer.util.pip_install(requirement)
+        requirements = missing_requirements()
+        if requirements:
+            # torch is installed first, so that no package pulls a default torch build from PyPI.
+            slicer.util.pip_install(requirements)
 
     # MRML <-> arrays
 
