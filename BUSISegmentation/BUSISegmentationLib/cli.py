@@ -7,9 +7,10 @@ reads, preprocesses, infers, postprocesses and writes exactly as ``python -m mon
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
+
+from .bundle import DEVICES, locate_bundle
 
 __all__ = ["build_parser", "main"]
 
@@ -28,17 +29,6 @@ examples:
 
 Exit code 0 when every input was segmented, 1 when any failed (each failure is reported on one line).
 """
-
-
-def default_bundle_dir() -> Path:
-    """``$BUSI_BUNDLE_DIR``, else the bundle beside this package (repository checkout or Slicer install)."""
-    if os.environ.get("BUSI_BUNDLE_DIR"):
-        return Path(os.environ["BUSI_BUNDLE_DIR"])
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parents[1] / "monai_bundle", here.parent / "Resources" / "monai_bundle"):
-        if (candidate / "configs" / "inference.json").is_file():
-            return candidate
-    raise FileNotFoundError("cannot find the MONAI bundle; set BUSI_BUNDLE_DIR or pass --bundle")
 
 
 def _formats(value: str) -> str | list[str]:
@@ -78,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device",
-        choices=("auto", "cpu", "cuda"),
+        choices=DEVICES,
         default="auto",
         help="where the network runs; 'auto' (default) uses a CUDA GPU when there is one",
     )
@@ -91,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="bar",
         help="progress bar (default), 'PROGRESS done total' lines for programs, or nothing",
     )
-    parser.add_argument("--bundle", type=Path, help="bundle folder (default: the bundle installed with this tool)")
+    parser.add_argument(
+        "--bundle", type=Path, help="bundle folder (default: $BUSI_BUNDLE_DIR, else the bundle installed with this tool)"
+    )
     return parser
 
 
@@ -100,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        bundle = args.bundle or default_bundle_dir()
-    except FileNotFoundError as error:
+        bundle = args.bundle or locate_bundle()
+    except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     configs = bundle / "configs"
     if not (configs / "inference.json").is_file():

@@ -84,7 +84,7 @@ class SegmentationRunner:
         checkpoint: str | None = None,
         formats: str | Sequence[str] = "auto",
         device: torch.device | str = "cpu",
-        tta: bool = False,
+        tta: bool | str = False,
         batch_size: int = 8,
         progress: str = "bar",
     ) -> None:
@@ -105,7 +105,8 @@ class SegmentationRunner:
         self.checkpoint = checkpoint
         self.formats = formats
         self.device = torch.device(device)
-        self.tta = tta
+        # a command-line override such as ``--tta false`` arrives as a string
+        self.tta = tta.strip().lower() in ("true", "1", "yes") if isinstance(tta, str) else bool(tta)
         self.batch_size = batch_size
         self.progress = progress
         self._weights_loaded = checkpoint is None
