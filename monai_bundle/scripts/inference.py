@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -183,35 +183,49 @@ class SegmentationRunner:
             if self.progress == "lines":
                 print(f"PROGRESS {frames_done} {image.num_frames}", flush=True)
 
-        with ThreadPoolExecutor(max_workers=1) as reader_thread:
-            # read the next file while the network works on the current one
-            pending = reader_thread.submit(read_image, inputs[0][0])
+        def report_failure(path: Path, error: Exception) -> None:
+            message = str(error) if str(path) in str(error) else f"{path}: {error}"
+            failed.append(message)
+            logger.error(message)
+            if self.progress == "lines":
+                print(f"ERROR {message}", flush=True)
+
+        def finish_writing(pending: tuple[Path, Future] | None) -> None:
+            if pending is None:
+                return
+            try:
+                written.extend(pending[1].result())
+            except (ValueError, OSError, RuntimeError) as error:
+                report_failure(pending[0], error)
+
+        # read the next file and write the previous one while the network works on the current one
+        with ThreadPoolExecutor(max_workers=1) as reader_thread, ThreadPoolExecutor(max_workers=1) as writer_thread:
+            pending_read = reader_thread.submit(read_image, inputs[0][0])
+            pending_write: tuple[Path, Future] | None = None
             for index, (path, root) in enumerate(inputs):
                 try:
-                    image = pending.result()
+                    image = pending_read.result()
                 except ImageReadError as error:
-                    image, problem = None, str(error)
+                    image, problem = None, error
                 if index + 1 < len(inputs):
-                    pending = reader_thread.submit(read_image, inputs[index + 1][0])
+                    pending_read = reader_thread.submit(read_image, inputs[index + 1][0])
                 try:
                     if image is None:
-                        raise ImageReadError(problem)
+                        raise problem
                     stem = output_stem(path, root, self.output_dir)
                     if stem in stems:
                         raise ValueError(f"{path}: its outputs would overwrite those of {stems[stem]}")
                     stems[stem] = path
                     result = self.predict(image, on_frame=report_frame if len(inputs) == 1 else None)
                     formats = default_formats(image) if self.formats == "auto" else list(self.formats)
-                    written += write_outputs(result, stem, formats)
+                    finish_writing(pending_write)
+                    pending_write = (path, writer_thread.submit(write_outputs, result, stem, formats))
                 except (ImageReadError, ValueError, OSError, RuntimeError) as error:
-                    message = str(error) if str(path) in str(error) else f"{path}: {error}"
-                    failed.append(message)
-                    logger.error(message)
-                    if self.progress == "lines":
-                        print(f"ERROR {message}", flush=True)
+                    report_failure(path, error)
                 bar.update()
                 if self.progress == "lines" and len(inputs) > 1:
                     print(f"PROGRESS {index + 1} {len(inputs)}", flush=True)
+            finish_writing(pending_write)
         bar.close()
         logger.info(
             f"segmented {len(inputs) - len(failed)} of {len(inputs)} inputs in {time.perf_counter() - started:.1f} s"

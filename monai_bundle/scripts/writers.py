@@ -183,7 +183,7 @@ def output_paths(result: SegmentationResult, output_stem: Path, formats: Sequenc
 
 def _write_png(result: SegmentationResult, paths: list[Path]) -> None:
     for frame, path in zip(result.labels, paths):
-        Image.fromarray(frame, mode="L").save(path, format="PNG")
+        Image.fromarray(frame, mode="L").save(path, format="PNG", compress_level=1)
 
 
 def _write_nifti(result: SegmentationResult, paths: list[Path]) -> None:
