@@ -392,7 +392,8 @@ def overlay_picture(grey: np.ndarray, labels: np.ndarray) -> np.ndarray:
         (rows, columns, 3) uint8 picture.
     """
     # Robust display range: a few saturated pixels (text, markers) must not darken the image.
-    low, high = np.percentile(grey, (0.5, 99.5))
+    # (estimated on every 4th row and column: the full-frame sort would cost more than the rest of the overlay)
+    low, high = np.percentile(grey[::4, ::4], (0.5, 99.5))
     scaled = np.clip((grey - low) / max(float(high - low), 1e-6), 0.0, 1.0)
     picture = np.repeat(scaled[..., np.newaxis], 3, axis=2)
     for info in SEGMENTS:
