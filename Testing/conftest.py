@@ -1,4 +1,4 @@
-"""Shared test set-up: the bundle's ``scripts`` package and ``BUSISegmentationLib`` importable, paths to the bundle and to ../shared."""
+"""Shared test set-up: the bundle's ``scripts`` package and ``BUSISegmentationLib`` importable; the bundle's path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "monai_bundle"
-SHARED_DIR = REPO_ROOT.parent / "shared"
 
 for importable in (BUNDLE_ROOT, REPO_ROOT / "BUSISegmentation"):
     if str(importable) not in sys.path:
@@ -19,8 +18,3 @@ for importable in (BUNDLE_ROOT, REPO_ROOT / "BUSISegmentation"):
 @pytest.fixture(scope="session")
 def bundle_root() -> Path:
     return BUNDLE_ROOT
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return SHARED_DIR
