@@ -81,11 +81,8 @@ def build_command(
         "--config_file", (bundle_dir / INFERENCE_CONFIG).as_posix(),
         "--bundle_root", bundle_dir.as_posix(),
         "--input_files", _list_argument([Path(input_file).as_posix()]),
-        # Only the given file: without this the bundle would also segment its default input folder.
-        "--input_dir", "[]",
         "--output_dir", Path(output_dir).as_posix(),
         "--formats", _list_argument(["seg.nrrd"]),
-        # Python literals, so that the bundle receives a bool and not the string "false".
         "--tta", "True" if tta else "False",
         "--progress", "lines",
     ]  # fmt: skip
