@@ -108,6 +108,37 @@ def test_training_saves_and_resumes(trained):
     assert (trained["output_dir"] / "checkpoint_epoch=3.pt").is_file()
 
 
+def test_training_starts_from_initial_weights(trained, tmp_path):
+    initial = trained["ckpt_dir"] / "model.pt"
+    expected = torch.load(initial, map_location="cpu", weights_only=True)
+    override = {**trained["override"], "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models")}
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
+        workflow_type="train", bundle_root=str(BUNDLE), max_epochs=1, initial_weights=str(initial), **override,
+    )
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    network = workflow.parser.get_parsed_content("network")
+    weights_at_first_step = []
+
+    @trainer.on(Events.ITERATION_STARTED(once=1))
+    def record(engine):
+        weights_at_first_step.append({k: v.clone() for k, v in network.state_dict().items()})
+
+    workflow.run()
+    # a new run: epoch 1 of 1, starting from the given network weights
+    assert trainer.state.epoch == 1
+    assert all(torch.equal(weights_at_first_step[0][k], expected[k]) for k in expected)
+
+    with pytest.raises(RuntimeError) as failure:
+        ConfigWorkflow(
+            config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
+            workflow_type="train", bundle_root=str(BUNDLE), initial_weights=str(tmp_path / "missing.pt"),
+            **{**override, "output_dir": str(tmp_path / "other")},
+        ).initialize()
+    assert "missing.pt: initial weights not found" in str(failure.value.__cause__)
+
+
 def test_evaluate_writes_metrics_and_figures(trained, tmp_path):
     override = {
         "image_size": [32, 32],
@@ -214,6 +245,22 @@ def test_configs_share_the_model_definition():
     outputs = metadata["network_data_format"]["outputs"]["pred"]
     assert outputs["channel_def"] == {"0": "background", "1": "benign", "2": "malignant"}
     assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == train["image_size"]
+
+
+def test_average_config_averages_epoch_weights(tmp_path):
+    for epoch in (1, 2, 3):
+        weights = {"conv.weight": torch.full((2, 2), float(epoch)), "conv.bias": torch.tensor([epoch, -epoch], dtype=torch.float32)}
+        torch.save({"model": weights, "optimizer": {}}, tmp_path / f"checkpoint_epoch={epoch}.pt")
+    output = tmp_path / "models" / "model.pt"
+    run_workflow(["average.json"], output_dir=str(tmp_path), first_epoch=2, last_epoch=3, averaged_weights=str(output))
+    averaged = torch.load(output, weights_only=True)
+    assert torch.equal(averaged["conv.weight"], torch.full((2, 2), 2.5))
+    assert torch.equal(averaged["conv.bias"], torch.tensor([2.5, -2.5]))
+    assert [p.name for p in output.parent.iterdir()] == ["model.pt"]
+
+    with pytest.raises(RuntimeError) as failure:
+        run_workflow(["average.json"], output_dir=str(tmp_path), first_epoch=3, last_epoch=4, averaged_weights=str(output))
+    assert "no checkpoint for epochs [4]" in str(failure.value.__cause__)
 
 
 def test_bundle_verification_and_export(tmp_path):
