@@ -114,7 +114,8 @@ def test_training_starts_from_initial_weights(trained, tmp_path):
     override = {**trained["override"], "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models")}
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
-        workflow_type="train", bundle_root=str(BUNDLE), max_epochs=1, initial_weights=str(initial), **override,
+        workflow_type="train", bundle_root=str(BUNDLE), max_epochs=2, initial_weights=str(initial),
+        **{**override, "checkpoint_saver#n_saved": 2},
     )
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -126,9 +127,11 @@ def test_training_starts_from_initial_weights(trained, tmp_path):
         weights_at_first_step.append({k: v.clone() for k, v in network.state_dict().items()})
 
     workflow.run()
-    # a new run: epoch 1 of 1, starting from the given network weights
-    assert trainer.state.epoch == 1
+    # a new run from the given network weights, keeping both epoch checkpoints for weight averaging
+    assert trainer.state.epoch == 2
     assert all(torch.equal(weights_at_first_step[0][k], expected[k]) for k in expected)
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_epoch=*.pt")) == [
+        "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
 
     with pytest.raises(RuntimeError) as failure:
         ConfigWorkflow(
