@@ -252,7 +252,8 @@ def test_configs_share_the_model_definition():
 
 def test_average_config_averages_epoch_weights(tmp_path):
     for epoch in (1, 2, 3):
-        weights = {"conv.weight": torch.full((2, 2), float(epoch)), "conv.bias": torch.tensor([epoch, -epoch], dtype=torch.float32)}
+        bias = torch.tensor([epoch, -epoch], dtype=torch.float32)
+        weights = {"conv.weight": torch.full((2, 2), float(epoch)), "conv.bias": bias}
         torch.save({"model": weights, "optimizer": {}}, tmp_path / f"checkpoint_epoch={epoch}.pt")
     output = tmp_path / "models" / "model.pt"
     run_workflow(["average.json"], output_dir=str(tmp_path), first_epoch=2, last_epoch=3, averaged_weights=str(output))
@@ -262,7 +263,8 @@ def test_average_config_averages_epoch_weights(tmp_path):
     assert [p.name for p in output.parent.iterdir()] == ["model.pt"]
 
     with pytest.raises(RuntimeError) as failure:
-        run_workflow(["average.json"], output_dir=str(tmp_path), first_epoch=3, last_epoch=4, averaged_weights=str(output))
+        run_workflow(["average.json"], output_dir=str(tmp_path), first_epoch=3, last_epoch=4,
+                     averaged_weights=str(output))
     assert "no checkpoint for epochs [4]" in str(failure.value.__cause__)
 
 

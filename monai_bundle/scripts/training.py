@@ -31,7 +31,9 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return found[max(found)] if found else None
 
 
-def average_epoch_weights(checkpoint_dir: str | Path, first_epoch: int, last_epoch: int, output_path: str | Path) -> Path:
+def average_epoch_weights(
+    checkpoint_dir: str | Path, first_epoch: int, last_epoch: int, output_path: str | Path
+) -> Path:
     """Save the mean of the network weights of epochs ``first_epoch``..``last_epoch`` (weight averaging).
 
     Averaging the weights of the last epochs of a decaying learning rate gives a flatter, more stable optimum than
@@ -95,5 +97,4 @@ class ResumeFromLatest:
         if self.checkpoint is None:
             return
         logger.info(f"loading {', '.join(self.load_dict)} from {self.checkpoint}")
-        loader = CheckpointLoader(load_path=str(self.checkpoint), load_dict=self.load_dict, map_location=self.map_location)
-        loader.attach(engine)
+        CheckpointLoader(str(self.checkpoint), self.load_dict, map_location=self.map_location).attach(engine)
