@@ -16,6 +16,8 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	# pydicom of 3D Slicer 5.10, beside the pinned one: Testing/test_reader_pydicom2.py reads the DICOMs with both
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/pydicom2 pydicom==2.4.4
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)

@@ -1,10 +1,14 @@
 import importlib
 import logging
+import os
 import shutil
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -26,22 +30,31 @@ from slicer.util import VTKObservationMixin
 
 import BUSISegmentationLib
 from BUSISegmentationLib import (
+    TORCH_REQUIREMENT,
+    TORCH_VERSION,
     BundleRun,
+    LabelDescription,
     Progress,
     RunConfig,
     SegmentationCancelled,
     SegmentationOutput,
+    lesion_area_text,
     load_label_descriptions,
     locate_bundle,
-    missing_requirements,
+    pip_install_arguments,
+    pixel_size_is_known,
+    python_problem,
     segment_array,
-    torch_missing,
+    unmet_requirements,
+    unmet_torch,
 )
-from BUSISegmentationLib.dependencies import TORCH_REQUIREMENT, TORCH_VERSION
 from BUSISegmentationLib.labels import TERMINOLOGY_FILE
 
 # Lib submodules in dependency order, for reloading during development.
 LIB_MODULES = ("progress", "process", "bundle", "labels", "volume_io", "dependencies", "inference")
+# Set (by CMake option BUSISegmentation_ENABLE_LOGIC_TEST) to make the self-test install PyTorch and MONAI and
+# segment a sample image; off by default, as in other extensions that run PyTorch models.
+TEST_LOGIC_ENV = "BUSISEGMENTATION_TEST_LOGIC"
 
 
 #
@@ -270,12 +283,14 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not missing:
             return True
         message = _(
-            "BUSI Segmentation needs these Python packages, which are not installed yet:\n{packages}\n\n"
+            "BUSI Segmentation needs these Python packages, which are not installed or too old:\n{packages}\n\n"
             "Install them now? Downloading may take several minutes."
-        ).format(packages=", ".join(missing))
+        ).format(packages="\n".join(str(requirement) for requirement in missing))
+        if any(requirement.installed for requirement in missing):
+            message += "\n\n" + _("Restart 3D Slicer after the installation: packages it has loaded are upgraded.")
         if not slicer.util.confirmOkCancelDisplay(message):
             return False
-        self.addLog(_("Installing {packages}...").format(packages=", ".join(missing)))
+        self.addLog(_("Installing {packages}...").format(packages=", ".join(r.requirement for r in missing)))
         self.logic.installDependencies()
         return True
 
@@ -298,18 +313,19 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("Segmentation failed."), detailedText=task.error)
         else:
             self.showLesions(task.lesions)
+            if not task.pixelSizeKnown:
+                self.addLog(_("Areas are in pixels: the image file does not give the pixel size."))
             self.addLog(_("Segmentation completed in {seconds:.1f} s.").format(seconds=task.elapsedSec))
 
     def showLesions(self, lesions: list) -> None:
         table = self.ui.resultsTable
         table.setRowCount(len(lesions))
         for row, lesion in enumerate(lesions):
-            area = lesion.get("area_mm2")
             cells = [
                 str(lesion["frame"]),
                 lesion["class_name"],
                 f"{lesion['confidence']:.2f}",
-                f"{area:.1f}" if area is not None else _("unknown"),
+                lesion_area_text(lesion),
             ]
             for column, text in enumerate(cells):
                 table.setItem(row, column, qt.QTableWidgetItem(text))
@@ -329,20 +345,25 @@ class SegmentationTask:
 
     frameIndices: index of the input frame (slice, or sequence item) of each segmented frame.
     sequenceBrowser: set when the frames are the items of a sequence; the result is then a segmentation sequence.
+    pixelSizeKnown: whether the input's spacing is its pixel size; lesion areas are in pixels when it is not.
     lesions: lesion table of the bundle, with ``frame`` given as input frame index.
     error: why the segmentation failed, empty when it did not.
+    cancelEvent: set by :meth:`BUSISegmentationLogic.cancel`, also when the scene is closed.
     """
 
     inputVolume: object
     outputSegmentation: object
     frameIndices: list
     sequenceBrowser: object = None
+    pixelSizeKnown: bool = True
     progressCallback: Optional[Callable] = None
     completedCallback: Optional[Callable] = None
     run: Optional[BundleRun] = None
     lesions: list = field(default_factory=list)
     error: str = ""
     cancelled: bool = False
+    cancelEvent: threading.Event = field(default_factory=threading.Event)
+    sceneCloseObserver: Optional[int] = None
     finished: bool = False
     startTime: float = field(default_factory=time.time)
     endTime: float = 0.0
@@ -368,7 +389,15 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.labelDescriptions = load_label_descriptions()
+        self._labelDescriptions: Optional[list[LabelDescription]] = None
+
+    @property
+    def labelDescriptions(self) -> list[LabelDescription]:
+        """The lesion segments, from the label vocabulary of the bundle. Read on first use, not when the Logic is
+        made: the Logic must exist to report that the bundle is missing (see :meth:`bundleProblem`)."""
+        if self._labelDescriptions is None:
+            self._labelDescriptions = load_label_descriptions()
+        return self._labelDescriptions
 
     def getParameterNode(self):
         return BUSISegmentationParameterNode(super().getParameterNode())
@@ -380,7 +409,10 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def bundleProblem() -> str:
-        """Why the bundle cannot be used, or an empty string."""
+        """Why the bundle cannot be used (too old a Slicer, bundle not found), or an empty string."""
+        problem = python_problem()
+        if problem:
+            return problem
         try:
             locate_bundle()
         except (FileNotFoundError, ValueError) as error:
@@ -398,28 +430,44 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingDependencies() -> list:
-        """pip requirements still to install, torch included."""
-        return ([TORCH_REQUIREMENT] if torch_missing() else []) + missing_requirements()
+        """Requirements (:class:`BUSISegmentationLib.UnmetRequirement`) still to install or upgrade, torch first."""
+        torch = unmet_torch()
+        return ([torch] if torch else []) + unmet_requirements()
 
     @staticmethod
     def installDependencies() -> None:
-        """Install torch (through the PyTorch extension when present) and the packages the bundle needs.
-        Does not ask for confirmation: callers ask the user first."""
-        if torch_missing():
+        """Install torch (through the PyTorch extension when present) and the packages the bundle needs, in the
+        versions it needs. Does not ask for confirmation: callers ask the user first.
+
+        Raises:
+            RuntimeError: the Python of this Slicer is too old, or the installed torch is older than the bundle needs
+                (it is not replaced here: the PyTorch extension chose its build for this computer).
+        """
+        problem = python_problem()
+        if problem:
+            raise RuntimeError(problem)
+        torch = unmet_torch()
+        if torch and torch.installed:
+            raise RuntimeError(
+                f"PyTorch {torch.installed} is installed and BUSI Segmentation needs {TORCH_REQUIREMENT}: install a "
+                f"newer PyTorch in the PyTorch Utils module (version requirement {TORCH_VERSION}), then restart Slicer"
+            )
+        if torch:
             try:
                 import PyTorchUtils
             except ModuleNotFoundError:
                 slicer.util.pip_install(TORCH_REQUIREMENT)
             else:
-                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                installed = PyTorchUtils.PyTorchUtilsLogic().installTorch(
                     askConfirmation=False, torchVersionRequirement=TORCH_VERSION
                 )
-                if torch is None:
+                if installed is None:
                     raise RuntimeError("PyTorch could not be installed; install it in the PyTorch Utils module")
-        requirements = missing_requirements()
+        requirements = [unmet.requirement for unmet in unmet_requirements()]
         if requirements:
-            # torch is installed first, so that no package pulls a default torch build from PyPI.
-            slicer.util.pip_install(requirements)
+            # torch is installed first and pinned, so that no package replaces it with a default build from PyPI.
+            with tempfile.TemporaryDirectory(prefix="BUSISegmentation-") as folder:
+                slicer.util.pip_install(pip_install_arguments(requirements, Path(folder) / "constraints.txt"))
 
     # MRML <-> arrays
 
@@ -435,6 +483,20 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
         volumeNode.GetRASToIJKMatrix(rasToIjk)
         frame = int(round(rasToIjk.MultiplyPoint(sliceCenterRas)[2]))
         return min(max(frame, 0), frameCount - 1)
+
+    @staticmethod
+    def pixelSizeKnown(volumeNode) -> bool:
+        """Whether the volume's spacing is its pixel size, not the 1 mm Slicer gives pictures (PNG, JPEG...) and
+        DICOM images without Pixel Spacing."""
+        storageNode = volumeNode.GetStorageNode()
+        fileName = storageNode.GetFileName() if storageNode else None
+        dicomPixelSpacing = None
+        instanceUids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        if instanceUids and slicer.dicomDatabase:
+            instanceFile = slicer.dicomDatabase.fileForInstance(instanceUids[0])
+            values = [slicer.dicomDatabase.fileValue(instanceFile, tag) for tag in ("0028,0030", "0018,1164")]
+            dicomPixelSpacing = " ".join(value for value in values if value)
+        return pixel_size_is_known(volumeNode.GetSpacing(), fileName, dicomPixelSpacing)
 
     def volumeGeometryLps(self, volumeNode):
         """(spacing, origin, direction) of a volume in the file axis order (column, row, frame) and in LPS."""
@@ -488,6 +550,8 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
             Otherwise the bundle runs in the background and errors are reported in the task.
         :param progressCallback: called for every output line of the bundle.
         :param completedCallback: called with the task when it has finished, failed or been cancelled.
+
+        Closing the scene cancels the segmentation: its nodes are removed, so there is nothing to write into.
         """
         if not inputVolume or not outputSegmentation:
             raise ValueError("Input volume and output segmentation are required")
@@ -496,26 +560,45 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
         if browser is None and frameIndices[0]:
             origin = origin + direction[:, 2] * spacing[2] * frameIndices[0]
         task = SegmentationTask(
-            inputVolume, outputSegmentation, frameIndices, browser, progressCallback, completedCallback
-        )
+            inputVolume, outputSegmentation, frameIndices, browser, self.pixelSizeKnown(inputVolume),
+            progressCallback, completedCallback,
+        )  # fmt: skip
+        if not task.pixelSizeKnown:
+            spacing = None  # the bundle then reports lesion areas in pixels, not in made-up mm²
         config = RunConfig(device, tta, self.pythonExecutable(), env=slicer.util.startupEnvironment())
         logging.info(f"Segmenting {len(frameIndices)} frame(s) of {inputVolume.GetName()} on device {device}")
+        task.sceneCloseObserver = slicer.mrmlScene.AddObserver(
+            slicer.mrmlScene.StartCloseEvent, lambda caller, event: self.cancel(task)
+        )
         if waitForCompletion:
-            output = segment_array(
-                array, spacing, origin, direction, device, tta,
-                progress_callback=lambda progress: self._reportProgress(task, progress, processEvents=True),
-                python_executable=config.python_executable, env=config.env,
-            )  # fmt: skip
-            self.importResult(task, output)
-            self._finish(task)
+            try:
+                output = segment_array(
+                    array, spacing, origin, direction, device, tta,
+                    progress_callback=lambda progress: self._reportProgress(task, progress, processEvents=True),
+                    cancel_event=task.cancelEvent, python_executable=config.python_executable, env=config.env,
+                )  # fmt: skip
+                self.importResult(task, output)
+            except SegmentationCancelled:
+                task.cancelled = True
+                raise
+            except Exception as error:
+                task.error = str(error)
+                raise
+            finally:
+                self._finish(task)
             return task
         task.run = BundleRun(array, spacing, origin, direction, config)
-        task.run.start()
+        try:
+            task.run.start()
+        except Exception:
+            self._stopObservingScene(task)
+            raise
         qt.QTimer.singleShot(self.POLL_INTERVAL_MS, lambda: self._poll(task))
         return task
 
     def cancel(self, task: SegmentationTask) -> None:
         """Stop a running segmentation; its completed callback is called when it has stopped."""
+        task.cancelEvent.set()
         if task.run:
             task.run.cancel()
 
@@ -545,7 +628,14 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
             task.run.cleanup()
             self._finish(task)
 
+    @staticmethod
+    def _stopObservingScene(task: SegmentationTask) -> None:
+        if task.sceneCloseObserver is not None:
+            slicer.mrmlScene.RemoveObserver(task.sceneCloseObserver)
+            task.sceneCloseObserver = None
+
     def _finish(self, task: SegmentationTask) -> None:
+        self._stopObservingScene(task)
         task.finished = True
         task.endTime = time.time()
         logging.info(f"Segmentation finished in {task.elapsedSec:.1f} s")
@@ -553,8 +643,16 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
             task.completedCallback(task)
 
     def importResult(self, task: SegmentationTask, output: SegmentationOutput) -> None:
-        """Put the label maps into the output segmentation (or segmentation sequence), the lesions into the task."""
+        """Put the label maps into the output segmentation (or segmentation sequence), the lesions into the task.
+
+        :raises SegmentationCancelled: the task was cancelled, or its input or output node is no longer in the scene.
+        """
         inputVolume, outputSegmentation = task.inputVolume, task.outputSegmentation
+        if task.cancelEvent.is_set():
+            raise SegmentationCancelled("segmentation was cancelled")
+        for node in (inputVolume, outputSegmentation):
+            if not slicer.mrmlScene.IsNodePresent(node):
+                raise SegmentationCancelled(f"{node.GetName()} was removed from the scene; the result is not imported")
         if task.sequenceBrowser:
             self._importSequence(task, output.labels)
         else:
@@ -622,7 +720,9 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
 
 
 class BUSISegmentationTest(ScriptedLoadableModuleTest):
-    """Segments a sample image shipped with the bundle; installs the Python dependencies first if needed.
+    """Loads a sample image shipped with the bundle and checks what needs no PyTorch. With the environment variable
+    BUSISEGMENTATION_TEST_LOGIC=1 (CMake option BUSISegmentation_ENABLE_LOGIC_TEST) it also installs the Python
+    dependencies if needed, segments the sample, and cancels a segmentation by closing the scene.
     Uses ScriptedLoadableModuleTest base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
     """
@@ -633,18 +733,37 @@ class BUSISegmentationTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_SegmentSampleImage()
+        self.setUp()
+        self.test_SceneCloseCancelsTheSegmentation()
 
-    def test_SegmentSampleImage(self):
-        self.delayDisplay("Loading a sample image shipped with the bundle")
+    def loadLesionSample(self):
         samples = sorted((locate_bundle() / "sample_data").glob("*.png"))
         lesionSamples = [path for path in samples if not path.name.startswith("normal")]
         self.assertTrue(lesionSamples, "the bundle has no sample image with a lesion")
-        inputVolume = slicer.util.loadVolume(str(lesionSamples[0]), {"singleFile": True})
+        return slicer.util.loadVolume(str(lesionSamples[0]), {"singleFile": True})
 
-        logic = BUSISegmentationLogic()
+    def logicTestEnabled(self, testName: str) -> bool:
+        # PyTorch and MONAI are gigabytes and a CPU segmentation takes minutes: too much for the build machines.
+        if os.environ.get(TEST_LOGIC_ENV) == "1":
+            return True
+        logging.warning(f"{testName} logic testing was skipped; set {TEST_LOGIC_ENV}=1 to run it")
+        return False
+
+    def installDependencies(self, logic) -> None:
         if logic.missingDependencies():
-            self.delayDisplay(f"Installing {', '.join(logic.missingDependencies())}")
+            self.delayDisplay(f"Installing {', '.join(map(str, logic.missingDependencies()))}")
             logic.installDependencies()
+
+    def test_SegmentSampleImage(self):
+        self.delayDisplay("Loading a sample image shipped with the bundle")
+        inputVolume = self.loadLesionSample()
+        logic = BUSISegmentationLogic()
+        self.assertEqual(logic.bundleProblem(), "")
+        self.assertFalse(logic.pixelSizeKnown(inputVolume), "a PNG has no pixel size; Slicer gives it 1 mm")
+        if not self.logicTestEnabled("test_SegmentSampleImage"):
+            self.delayDisplay("Test passed")
+            return
+        self.installDependencies(logic)
 
         self.delayDisplay("Segmenting")
         outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
@@ -666,4 +785,25 @@ class BUSISegmentationTest(ScriptedLoadableModuleTest):
             self.assertIn("SCT^76752008^Breast", tag.get())
         self.assertGreater(lesionPixels, 0)
         self.assertTrue(task.lesions)
+        # areas of a picture are in pixels, never in made-up mm²
+        self.assertTrue(all(lesion["area_mm2"] is None and lesion["area_px"] > 0 for lesion in task.lesions))
+        self.delayDisplay("Test passed")
+
+    def test_SceneCloseCancelsTheSegmentation(self):
+        if not self.logicTestEnabled("test_SceneCloseCancelsTheSegmentation"):
+            return
+        inputVolume = self.loadLesionSample()
+        logic = BUSISegmentationLogic()
+        self.installDependencies(logic)
+        outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        completed = []
+        task = logic.process(inputVolume, outputSegmentation, completedCallback=completed.append)
+        slicer.mrmlScene.Clear()
+        deadline = time.time() + 60
+        while not completed and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertEqual(completed, [task])
+        self.assertTrue(task.cancelled)
+        self.assertEqual(outputSegmentation.GetSegmentation().GetNumberOfSegments(), 0)
         self.delayDisplay("Test passed")

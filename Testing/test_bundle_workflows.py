@@ -21,15 +21,19 @@ from busi_synthetic import SIZE, make_busi
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
 TINY = {"image_size": [32, 32], "batch_size": 4, "num_workers": 0}
+TRAINING = ["inference.json", "train.json"]
 
 
-def run_workflow(config_files: list[str], workflow_type: str | None = None, **override) -> ConfigWorkflow:
+def run_workflow(
+    config_files: list[str], workflow_type: str | None = None, run_id: str = "run", **override
+) -> ConfigWorkflow:
     workflow = ConfigWorkflow(
         config_file=[str(CONFIGS / f) for f in config_files],
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         workflow_type=workflow_type,
         bundle_root=str(BUNDLE),
+        run_id=run_id,
         **override,
     )
     workflow.initialize()
@@ -52,12 +56,15 @@ def dataset(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory) -> dict[str, Path]:
-    """Two epochs of training at 32x32 (then one more, resumed)."""
+    """Two epochs of training at 32x32 on fold 0 of 5 (then one more, resumed)."""
     root, _ = dataset
     work = tmp_path_factory.mktemp("train")
-    paths = {"output_dir": work / "run", "ckpt_dir": work / "models", "prepared_dir": work / "prepared"}
-    override = {**TINY, **{k: str(v) for k, v in paths.items()}, "dataset_dir": str(root), "val_interval": 1}
-    first = run_workflow(["train.json"], "train", max_epochs=2, **override)
+    paths = {"output_dir": work / "run", "prepared_dir": work / "prepared"}
+    override = {
+        **TINY, **{k: str(v) for k, v in paths.items()}, "dataset_dir": str(root), "val_interval": 1,
+        "averaged_epochs": 2,
+    }
+    first = run_workflow(TRAINING, "train", max_epochs=2, **override)
     paths["first_epoch"] = first.parser.get_parsed_content("train#trainer").state.epoch
     return {**paths, "override": override}
 
@@ -70,13 +77,13 @@ def test_prepare_reports_and_splits(dataset, trained):
     assert "cannot be read" in skipped[special["corrupt"].name]
     assert special["wrong_mask_size"].name in skipped
     assert "mask is" in skipped[special["wrong_mask_size"].name]
-    side = {Path(item["image"]).name: split for split in ("training", "validation", "test") for item in datalist[split]}
+    fold = {Path(item["image"]).name: item["fold"] for item in datalist["items"]}
     a, b = special["duplicate_a"].name, special["duplicate_b"].name
-    assert side[a] == side[b]
+    assert fold[a] == fold[b]
     assert any({f"benign/{a}", f"benign/{b}"} <= set(group) for group in report["groups"])
     # 10 benign + the duplicate copy; the corrupt image and the one with a wrong-size mask are skipped
     assert report["counts_per_class"] == {"benign": 11, "malignant": 8, "normal": 6}
-    assert sum(len(datalist[s]) for s in ("training", "validation", "test")) == 25
+    assert len(datalist["items"]) == 25 and set(fold.values()) == {0, 1, 2, 3, 4}
     assert report["images_with_several_masks"] == 1
     # the two masks of benign (1) are OR-ed, the RGBA mask is read, classes are 1 / 2
     label = np.asarray(Image.open(trained["prepared_dir"] / "labels/benign/benign (1).png"))
@@ -91,12 +98,16 @@ def test_prepare_reports_and_splits(dataset, trained):
 def test_training_saves_and_resumes(trained):
     assert trained["first_epoch"] == 2
     assert (trained["output_dir"] / "checkpoint_epoch=2.pt").is_file()
-    assert (trained["ckpt_dir"] / "model.pt").is_file()
+    # the final weights are the mean of the last epochs' weights
+    final = torch.load(trained["output_dir"] / "model.pt", weights_only=True)
+    epochs = [torch.load(trained["output_dir"] / f"checkpoint_epoch={e}.pt", weights_only=True)["model"] for e in (1, 2)]
+    name = next(iter(final))
+    assert torch.allclose(final[name], (epochs[0][name] + epochs[1][name]) / 2)
     assert any(trained["output_dir"].glob("events.out.tfevents.*"))
     # started again with a higher max_epochs, training runs only the missing epoch
     workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
-        workflow_type="train", bundle_root=str(BUNDLE), max_epochs=3, **trained["override"],
+        config_file=[str(CONFIGS / f) for f in TRAINING], meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False, workflow_type="train", bundle_root=str(BUNDLE), max_epochs=3, **trained["override"],
     )
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -109,13 +120,13 @@ def test_training_saves_and_resumes(trained):
 
 
 def test_training_starts_from_initial_weights(trained, tmp_path):
-    initial = trained["ckpt_dir"] / "model.pt"
+    initial = trained["output_dir"] / "model.pt"
     expected = torch.load(initial, map_location="cpu", weights_only=True)
-    override = {**trained["override"], "output_dir": str(tmp_path / "run"), "ckpt_dir": str(tmp_path / "models")}
+    override = {**trained["override"], "output_dir": str(tmp_path / "run")}
     workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
-        workflow_type="train", bundle_root=str(BUNDLE), max_epochs=2, initial_weights=str(initial),
-        **{**override, "checkpoint_saver#n_saved": 2},
+        config_file=[str(CONFIGS / f) for f in TRAINING], meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False, workflow_type="train", bundle_root=str(BUNDLE), max_epochs=2,
+        initial_weights=str(initial), **override,
     )
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -135,34 +146,36 @@ def test_training_starts_from_initial_weights(trained, tmp_path):
 
     with pytest.raises(RuntimeError) as failure:
         ConfigWorkflow(
-            config_file=str(CONFIGS / "train.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
-            workflow_type="train", bundle_root=str(BUNDLE), initial_weights=str(tmp_path / "missing.pt"),
-            **{**override, "output_dir": str(tmp_path / "other")},
+            config_file=[str(CONFIGS / f) for f in TRAINING], meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=False, workflow_type="train", bundle_root=str(BUNDLE),
+            initial_weights=str(tmp_path / "missing.pt"), **{**override, "output_dir": str(tmp_path / "other")},
         ).initialize()
     assert "missing.pt: initial weights not found" in str(failure.value.__cause__)
 
 
-def test_evaluate_writes_metrics_and_figures(trained, tmp_path):
+def test_out_of_fold_evaluation_writes_metrics_and_figures(trained, tmp_path):
+    """Each image is segmented by its fold's network (here: the same tiny network stands in for every fold)."""
+    weights = str(trained["output_dir"] / "model.pt")
     override = {
         "image_size": [32, 32],
-        "checkpoint": str(trained["ckpt_dir"] / "model.pt"),
         "dataset_dir": trained["override"]["dataset_dir"],
         "prepared_dir": str(trained["prepared_dir"]),
-        "training_log_dir": str(trained["output_dir"]),
+        "fold_weights": [weights] * 5,
+        "evaluation#training_log_dir": str(trained["output_dir"]),
         "output_dir": str(tmp_path),
-        "bootstrap_samples": 200,
+        "evaluation#bootstrap_samples": 200,
     }
-    run_workflow(["inference.json", "evaluate.json"], **override)
-    test_items = json.loads((trained["prepared_dir"] / "datalist.json").read_text())["test"]
+    run_workflow([*TRAINING, "evaluate.json"], **override)
+    items = json.loads((trained["prepared_dir"] / "datalist.json").read_text())["items"]
     with open(tmp_path / "per_image.csv") as stream:
         rows = list(csv.DictReader(stream))
-    assert [r["name"] for r in rows] == [item["name"] for item in test_items]
+    assert sorted((r["name"], int(r["fold"])) for r in rows) == sorted((i["name"], i["fold"]) for i in items)
     summary = json.loads((tmp_path / "summary.json").read_text())
     for key in ("lesion_dice", "benign_dice", "malignant_dice", "benign_vs_malignant_accuracy",
                 "normal_predicted_empty", "pixel_accuracy", "mean_iou_with_background", "lesion_hd95_px"):
         assert set(summary[key]) == {"mean", "ci95", "n"}
-    assert summary["images"] == len(test_items)
-    assert sum(map(sum, summary["confusion_matrix"]["counts"])) == len(test_items)
+    assert summary["images"] == len(items)
+    assert sum(map(sum, summary["confusion_matrix"]["counts"])) == len(items)
     for figure in ("confusion_matrix.png", "examples.png", "training_curves.png"):
         assert (tmp_path / figure).stat().st_size > 1000
 
@@ -176,7 +189,7 @@ def test_inference_segments_folder_and_reports_bad_files(trained, tmp_path, caps
     (inputs / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     before = snapshot(inputs)
     out = tmp_path / "out"
-    override = {"image_size": [32, 32], "checkpoint": str(trained["ckpt_dir"] / "model.pt"),
+    override = {"image_size": [32, 32], "checkpoint": str(trained["output_dir"] / "model.pt"),
                 "input_dir": str(inputs), "output_dir": str(out), "progress": "none"}
     with pytest.raises(SystemExit) as failure:
         run_workflow(["inference.json"], **override)
@@ -187,15 +200,36 @@ def test_inference_segments_folder_and_reports_bad_files(trained, tmp_path, caps
         assert (out / f"{stem}_overlay.png").is_file() and (out / f"{stem}_lesions.csv").is_file()
     assert not list(out.rglob("broken*"))
     assert snapshot(inputs) == before
-    with pytest.raises(SystemExit, match="must not be the input folder"):
-        run_workflow(["inference.json"], **{**override, "output_dir": str(inputs / "results")})
+    with pytest.raises(SystemExit, match="must not be the input folder itself"):
+        run_workflow(["inference.json"], **{**override, "output_dir": str(inputs)})
+    # an output folder inside the input folder is left out of the search, so a second run reads no results
+    inside = inputs / "results"
+    with pytest.raises(SystemExit, match="1 of 3 inputs failed"):
+        run_workflow(["inference.json"], **{**override, "output_dir": str(inside), "overlays": False})
+    with pytest.raises(SystemExit, match="1 of 3 inputs failed"):
+        run_workflow(["inference.json"], **{**override, "output_dir": str(inside), "overlays": False})
+    assert sorted(p.name for p in inside.rglob("*.png")) == ["colour_seg.png", "grey_seg.png"]
+
+
+def test_inference_replaces_earlier_results_of_the_same_input(trained, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scan_seg_f0000.png").write_bytes(b"from an earlier two-frame run")
+    (out / "scan_overlay.png").write_bytes(b"earlier")
+    (out / "other_seg.png").write_bytes(b"another input's result")
+    image = tmp_path / "scan.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 50), dtype=np.uint8)).save(image)
+    run_workflow(["inference.json"], image_size=[32, 32], checkpoint=str(trained["output_dir"] / "model.pt"),
+                 input_files=[str(image)], output_dir=str(out), progress="none", overlays=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "other_seg.png", "scan_lesions.csv", "scan_lesions.json", "scan_seg.png"]
 
 
 def test_inference_with_no_input_fails(trained, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no supported image"):
         run_workflow(["inference.json"], input_dir=str(tmp_path / "empty"), output_dir=str(tmp_path / "out"),
-                     checkpoint=str(trained["ckpt_dir"] / "model.pt"))
+                     checkpoint=str(trained["output_dir"] / "model.pt"))
 
 
 def test_inference_command_line_from_repo_root(trained, tmp_path):
@@ -213,41 +247,64 @@ def test_inference_command_line_from_repo_root(trained, tmp_path):
 def test_multi_gpu_training_runs_under_torchrun_on_cpu(dataset, trained, tmp_path):
     """Two processes, gloo backend, DistributedDataParallel."""
     root, _ = dataset
-    configs = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
+    configs = f"['{CONFIGS / 'inference.json'}','{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
                "-m", "monai.bundle", "run", "--config_file", configs, "--meta_file", str(CONFIGS / "metadata.json"),
                "--logging_file", str(CONFIGS / "logging.conf"), "--bundle_root", str(BUNDLE),
                "--dataset_dir", str(root), "--prepared_dir", str(trained["prepared_dir"]),
-               "--output_dir", str(tmp_path / "run"), "--ckpt_dir", str(tmp_path / "models"),
+               "--output_dir", str(tmp_path / "run"), "--averaged_epochs", "1",
                "--max_epochs", "1", "--val_interval", "1", "--image_size", "[32,32]", "--batch_size", "4",
                "--num_workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert (tmp_path / "run" / "checkpoint_epoch=1.pt").is_file()
-    assert (tmp_path / "models" / "model.pt").is_file()
+    assert (tmp_path / "run" / "model.pt").is_file()
 
 
-def test_configs_share_the_model_definition():
-    """train.json and inference.json each stand alone; their network and preprocessing must not drift apart."""
-    train = json.loads((CONFIGS / "train.json").read_text())
+def test_configs_declare_each_definition_once():
+    """inference.json holds the network, preprocessing and labels; the other configs only add what is theirs."""
     inference = json.loads((CONFIGS / "inference.json").read_text())
-    assert train["network_def"] == inference["network_def"]
-    assert train["image_size"] == inference["image_size"]
-    # training loads through the reader, then applies the same intensity scaling and resizing as inference
-    training_steps = train["train"]["deterministic_transforms"][1:]
-    inference_steps = inference["preprocessing"]["transforms"]
-    assert [t["_target_"] for t in training_steps] == [t["_target_"] for t in inference_steps]
-    for trained_step, inferred_step in zip(training_steps, inference_steps):
-        for key, value in inferred_step.items():
-            if key in ("keys", "mode", "anti_aliasing", "allow_missing_keys"):
-                continue
-            assert trained_step[key] == value, key
-    assert train["train"]["deterministic_transforms"][2]["mode"][0] == inference_steps[1]["mode"]
+    shared = {"network_def", "network", "deterministic_transforms", "preprocessing", "image_size", "bundle_root"}
+    assert shared <= set(inference)
+    for overlay in ("train.json", "evaluate.json", "tune.json", "multi_gpu_train.json"):
+        config = json.loads((CONFIGS / overlay).read_text())
+        assert not shared & set(config) - {"network"}, overlay
+        assert "initialize" not in config or overlay == "multi_gpu_train.json", overlay
+    # training and validation take the shared preprocessing, not a copy
+    train = json.loads((CONFIGS / "train.json").read_text())
+    assert train["validate"]["preprocessing"] == "@preprocessing"
+    assert "@deterministic_transforms" in train["train"]["preprocessing"]["transforms"]
+    # the metadata names the network's output channels after the label vocabulary
+    from scripts.labels import load_vocabulary
+
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
-    outputs = metadata["network_data_format"]["outputs"]["pred"]
-    assert outputs["channel_def"] == {"0": "background", "1": "benign", "2": "malignant"}
-    assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == train["image_size"]
+    channels = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+    vocabulary = load_vocabulary()
+    assert [channels[str(label.value)] for label in vocabulary.labels] == ["background", "benign", "malignant"]
+    assert [channels[str(3 + label.value)] for label in vocabulary.labels] == [
+        f"image {name}" for name in vocabulary.class_names]
+    assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == inference["image_size"]
+
+
+def test_inference_config_serves_tools_that_load_bundles_by_their_properties(trained, tmp_path):
+    """MONAI's inference properties (dataset, evaluator, ...) run the same preprocessing, inferer and postprocessing."""
+    image = BUNDLE / "sample_data" / "benign (200).png"
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
+        workflow_type="infer", bundle_root=str(BUNDLE), input_files=[str(image)], image_size=[32, 32],
+        checkpoint=str(trained["output_dir"] / "model.pt"), output_dir=str(tmp_path),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    evaluator = workflow.evaluator
+    evaluator.run()
+    from_evaluator = np.asarray(evaluator.state.output[0]["pred"])[0]
+    runner = workflow.parser.get_parsed_content("runner")
+    from scripts.reader import read_image
+
+    assert np.array_equal(runner.segment(read_image(image)).labels[0], from_evaluator)
+    assert from_evaluator.shape == np.asarray(Image.open(image)).shape[:2]
 
 
 def test_average_config_averages_epoch_weights(tmp_path):
@@ -256,14 +313,15 @@ def test_average_config_averages_epoch_weights(tmp_path):
         weights = {"conv.weight": torch.full((2, 2), float(epoch)), "conv.bias": bias}
         torch.save({"model": weights, "optimizer": {}}, tmp_path / f"checkpoint_epoch={epoch}.pt")
     output = tmp_path / "models" / "model.pt"
-    run_workflow(["average.json"], output_dir=str(tmp_path), first_epoch=2, last_epoch=3, averaged_weights=str(output))
+    run_workflow(TRAINING, run_id="average", output_dir=str(tmp_path), first_epoch=2, last_epoch=3,
+                 averaged_weights=str(output))
     averaged = torch.load(output, weights_only=True)
     assert torch.equal(averaged["conv.weight"], torch.full((2, 2), 2.5))
     assert torch.equal(averaged["conv.bias"], torch.tensor([2.5, -2.5]))
     assert [p.name for p in output.parent.iterdir()] == ["model.pt"]
 
     with pytest.raises(RuntimeError) as failure:
-        run_workflow(["average.json"], output_dir=str(tmp_path), first_epoch=3, last_epoch=4,
+        run_workflow(TRAINING, run_id="average", output_dir=str(tmp_path), first_epoch=3, last_epoch=4,
                      averaged_weights=str(output))
     assert "no checkpoint for epochs [4]" in str(failure.value.__cause__)
 
@@ -284,7 +342,7 @@ def test_bundle_verification_and_export(tmp_path):
     network.eval()
     image = torch.rand(1, 1, 256, 256)
     with torch.inference_mode():
-        assert torch.allclose(exported(image), network(image), atol=1e-5)
+        assert torch.allclose(exported(image), network(image), atol=1e-4)
 
 
 def test_shipped_weights_load_and_match_torchscript():

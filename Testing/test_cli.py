@@ -16,7 +16,7 @@ import pytest
 import slicerio
 from PIL import Image
 
-from BUSISegmentationLib.cli import main
+from scripts.cli import main
 from scripts.reader import read_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def test_every_shared_dicom_file(dicom_results, name):
     segmentation = slicerio.read_segmentation(f"{stem}_seg.seg.nrrd")
     names = {s["name"]: s["labelValue"] for s in segmentation["segments"]}
     assert names == {"Benign lesion": 1, "Malignant lesion": 2}
-    # DICOM SEG (one per frame for cine loops without patient geometry) references the source instance
+    # one DICOM SEG per input, all frames of a cine loop in it, references the source instance
     seg_files = sorted(dicom_results.glob(f"{source.stem}_seg*.dcm"))
     assert seg_files
     source_uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
@@ -67,7 +67,7 @@ def test_every_shared_dicom_file(dicom_results, name):
         referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for r in s.ReferencedInstanceSequence}
         assert source_uid in referenced
         assert [d.SegmentLabel for d in seg.SegmentSequence] == ["Benign lesion", "Malignant lesion"]
-    assert len(seg_files) in (1, frames)
+    assert len(seg_files) == 1
     table = json.loads(Path(f"{stem}_lesions.json").read_text())
     assert all(row["frame"] < frames for row in table)
 
@@ -123,20 +123,58 @@ def test_bad_inputs_are_reported_and_the_rest_is_done(tmp_path, capsys):
     assert {p: p.stat().st_mtime_ns for p in inputs.iterdir()} == before
 
 
-def test_output_folder_inside_input_or_unwritable_is_refused(tmp_path):
+def test_obvious_commands_work_from_the_folder_of_the_image(tmp_path, monkeypatch, capsys):
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 48), dtype=np.uint8)).save(tmp_path / "scan.png")
+    monkeypatch.chdir(tmp_path)
+    # the first example of --help, typed where the image is
+    assert run_cli("scan.png", "-o", "results") == 0
+    assert (tmp_path / "results" / "scan_seg.png").is_file()
+    # a folder holding its own results: they are not read as inputs; every format that applies is written
+    assert run_cli(".", "-o", "results", "--format", "png,nifti,seg.nrrd,dicom-seg", "--no-overlays") == 0
+    printed = capsys.readouterr()
+    assert "scan.png: dicom-seg skipped (needs a DICOM input, this is a picture)" in printed.out + printed.err
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "scan_lesions.csv", "scan_lesions.json", "scan_seg.nii.gz", "scan_seg.png", "scan_seg.seg.nrrd"]
+    # the input folder itself is refused; nothing is written into it
+    assert run_cli(".", "-o", ".") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "scan.png"]
+
+
+def test_unwritable_output_folder_fails_each_input(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(inputs / "a.png")
-    assert run_cli(inputs, "-o", inputs / "out") == 1
-    assert not (inputs / "out").exists()
     # an output folder that cannot be created (a file is in the way): each input fails, nothing is left behind
     (tmp_path / "a_file").write_text("")
     assert run_cli(inputs, "-o", tmp_path / "a_file" / "out") == 1
+    assert sorted(p.name for p in inputs.iterdir()) == ["a.png"]
 
 
 def test_help_explains_every_option():
-    done = subprocess.run([sys.executable, "-m", "BUSISegmentationLib.cli", "--help"], capture_output=True, text=True,
-                          cwd=REPO / "BUSISegmentation")
+    done = subprocess.run([sys.executable, "-m", "scripts.cli", "--help"], capture_output=True, text=True,
+                          cwd=REPO / "monai_bundle")
     assert done.returncode == 0
-    for option in ("--output", "--format", "--device", "--tta", "--progress", "--bundle", "examples:"):
+    for option in ("--output", "--format", "--device", "--tta", "--no-overlays", "--progress", "--bundle", "examples:"):
         assert option in done.stdout
+
+
+def test_wheel_carries_the_bundle_and_its_tool_works_from_any_folder(tmp_path):
+    """``pip install`` of the built wheel (dependencies already present) gives a busi-segment that runs its own bundle."""
+    wheels, target = tmp_path / "wheels", tmp_path / "installed"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(wheels)], check=True)
+    (wheel,) = wheels.glob("busi_segmentation-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    Image.fromarray(np.random.default_rng(4).integers(0, 255, (40, 48), dtype=np.uint8)).save(work / "scan.png")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target), "HOME": str(tmp_path)}
+    tool = [str(target / "bin" / "busi-segment")]
+    done = subprocess.run([*tool, "scan.png", "-o", "results", "--progress", "none", "--device", "cpu"], cwd=work,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (work / "results" / "scan_seg.png").is_file()
+    where = subprocess.run([sys.executable, "-c", "import busi_bundle.scripts.cli as c; print(c.BUNDLE_DIR)"],
+                           cwd=work, env=env, capture_output=True, text=True, check=True)
+    assert Path(where.stdout.strip()) == target / "busi_bundle"
+    assert (target / "busi_bundle" / "models" / "model.pt").is_file()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scripts.metrics import bootstrap_ci, image_metrics
-from scripts.postprocess import label_lesions
+from scripts.postprocess import find_lesions, measure_lesions
 from scripts.prepare import BUSIPreparation
 
 BUSI = Path(__file__).resolve().parents[2] / "shared" / "data" / "BUSI"
@@ -25,19 +25,30 @@ def test_prepare_real_busi(tmp_path):
     assert report["skipped"] == []
     # the byte-identical pair filed under both classes is found and kept out of every split
     assert any({"benign/benign (433).png", "malignant/malignant (145).png"} <= set(g) for g in report["conflicting_labels"])
-    side = {item["name"]: split for split in ("training", "validation", "test") for item in datalist[split]}
-    assert "benign/benign (433).png" not in side
+    fold = {item["name"]: item["fold"] for item in datalist["items"]}
+    assert "benign/benign (433).png" not in fold
     for group in report["groups"]:
-        assert len({side[name] for name in group if name in side}) <= 1, group
+        assert len({fold[name] for name in group if name in fold}) <= 1, group
     # the pairs listed with the dataset (64x64 correlation > 0.99) are all found
     listed = [line.split("\t") for line in (BUSI / "near_duplicates.tsv").read_text().splitlines()[1:]]
     grouped = {name: k for k, group in enumerate(report["groups"]) for name in group}
     for _, a, b, *_ in listed:
         if (BUSI / a).is_file() and (BUSI / b).is_file():
             assert a in grouped and grouped[a] == grouped[b], (a, b)
-    sizes = {split: len(datalist[split]) for split in ("training", "validation", "test")}
-    used = sum(sizes.values())
-    assert abs(sizes["test"] / used - 0.05) < 0.02 and abs(sizes["validation"] / used - 0.15) < 0.03
+    # five folds of nearly equal size, each with every class in proportion
+    per_fold = report["counts_per_fold"]
+    assert len(per_fold) == 5 and sum(sum(c.values()) for c in per_fold) == len(fold) == 631
+    for label_class in ("normal", "benign", "malignant"):
+        counts = [c[label_class] for c in per_fold]
+        assert max(counts) - min(counts) <= 3, (label_class, counts)
+    # the same settings reuse the datalist; other settings make it again
+    preparation = BUSIPreparation(str(BUSI), str(tmp_path), folds=5, fold=2)
+    assert preparation.run_if_needed() == tmp_path / "datalist.json"
+    lists = preparation.load_datalist()
+    assert {item["fold"] for item in lists["validation"]} == {2} and 2 not in {i["fold"] for i in lists["training"]}
+    assert len(lists["training"]) + len(lists["validation"]) == len(lists["all"]) == 631
+    BUSIPreparation(str(BUSI), str(tmp_path), folds=4).run_if_needed()
+    assert len(json.loads((tmp_path / "report.json").read_text())["counts_per_fold"]) == 4
 
 
 def test_prepare_refuses_empty_and_wrong_layout(tmp_path):
@@ -102,10 +113,30 @@ def test_each_lesion_gets_one_class_and_specks_are_dropped():
     # a one-pixel speck and a faint (low-confidence) region
     probabilities[:, 30, 30] = np.array([0.2, 0.8, 0.0])
     probabilities[:, 25:35, 2:12] = np.array([0.45, 0.3, 0.25])[:, None, None]
-    labels, lesions = label_lesions(probabilities, min_area_fraction=0.002, min_confidence=0.6)
+    numbers, found = find_lesions(probabilities, min_area_fraction=0.002, min_confidence=0.6)
+    labels, lesions = measure_lesions(numbers, found)
     assert set(np.unique(labels[5:20, 5:20])) == {2}  # one class, hole filled
     assert labels[30, 30] == 0 and labels[25:35, 2:12].max() == 0
     assert len(lesions) == 1
     lesion = lesions[0]
     assert (lesion.label, lesion.class_name, lesion.area_px) == (2, "malignant", 225)
     assert lesion.bbox == (5, 5, 19, 19)
+
+
+def test_image_head_keeps_normal_images_empty_and_lesions_are_measured_at_any_size():
+    probabilities = np.zeros((3, 20, 20), dtype=np.float32)
+    probabilities[0] = 1.0
+    probabilities[:, 2:6, 2:6] = np.array([0.1, 0.8, 0.1])[:, None, None]
+    probabilities[:, 10:18, 10:18] = np.array([0.1, 0.2, 0.7])[:, None, None]
+    normal = np.array([0.9, 0.05, 0.05])
+    assert find_lesions(probabilities, normal, max_normal_probability=0.5)[1] == []
+    numbers, found = find_lesions(probabilities, normal, max_normal_probability=0.95)
+    assert [label for label, _ in found] == [1, 2]
+    # the lesion-number map brought to twice the size (nearest neighbour): measured there, largest first
+    labels, lesions = measure_lesions(numbers.repeat(2, axis=0).repeat(2, axis=1), found)
+    assert labels.shape == (40, 40) and labels[5, 5] == 1 and labels[30, 30] == 2
+    assert [(les.lesion_id, les.label, les.area_px, les.bbox) for les in lesions] == [
+        (1, 2, 256, (20, 20, 35, 35)), (2, 1, 64, (4, 4, 11, 11))]
+    assert lesions[0].confidence == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="expected probabilities of shape"):
+        find_lesions(probabilities[:2])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import struct
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -372,3 +374,45 @@ def test_bad_input_raises_one_error_naming_the_file(tmp_path, case):
     assert message.startswith(str(path)), message
     assert problem in message, message
     assert time.perf_counter() - start < 2.0  # huge images are refused from the header, not decoded
+
+
+# ------------------------------------------------------------------------------------ corrupt JPEG-compressed DICOM
+def _jpeg_dicom_cut_file(tmp_path: Path) -> Path:
+    """The JPEG cine cut off inside its pixel data, as an interrupted copy leaves it."""
+    data = (DICOM_DIR / "examples_ybr_color.dcm").read_bytes()
+    path = tmp_path / "cut_file.dcm"
+    path.write_bytes(data[: len(data) * 3 // 4])
+    return path
+
+
+def _jpeg_dicom_cut_codestreams(tmp_path: Path) -> Path:
+    """The JPEG cine with every frame's JPEG data cut to 100 bytes: a well-formed DICOM file that no decoder reads."""
+    ds = pydicom.dcmread(DICOM_DIR / "examples_ybr_color.dcm")
+    frames = pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames))
+    ds.PixelData = pydicom.encaps.encapsulate([frame[:100] for frame in frames])
+    path = tmp_path / "cut_codestreams.dcm"
+    ds.save_as(path)
+    return path
+
+
+@needs_dicom
+@pytest.mark.parametrize(
+    "build, problem",
+    [(_jpeg_dicom_cut_file, "truncated"), (_jpeg_dicom_cut_codestreams, "cannot be read as an image")],
+    ids=["cut_file", "cut_codestreams"],
+)
+def test_corrupt_jpeg_dicom_one_line_error_without_tracebacks(tmp_path, capsys, caplog, build, problem):
+    """pydicom logs a traceback for each decoder plugin that fails; none may reach the user, only the reader's line."""
+    path = build(tmp_path)
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageReadError) as raised:
+            read_image(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: ") and problem in message and "\n" not in message, message
+    captured = capsys.readouterr()
+    for output in (captured.out, captured.err, caplog.text):
+        assert "Traceback" not in output, output
+    assert [record.getMessage() for record in caplog.records if record.name.startswith("pydicom")] == []
+    assert [str(warning.message) for warning in caught if "pydicom" in warning.filename] == []

@@ -1,5 +1,6 @@
 """BUSISegmentationLib without 3D Slicer: input files, the bundle command, the background process, progress,
-cancellation, results, and a run of the real bundle when its weights are present.
+cancellation, results, dependency versions, and a run of the real bundle when its weights are present. The module's
+Logic runs here too, on the stand-in Slicer modules of ``fake_slicer``: closing the scene, areas in mm² or pixels.
 
 The process tests run small Python programs standing in for the bundle: they read the input file the Lib wrote
 and write result files in the bundle's formats, so the whole path runs for real in a second process.
@@ -7,7 +8,10 @@ and write result files in the bundle's formats, so the whole path runs for real 
 
 from __future__ import annotations
 
+import ast
+import configparser
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -18,27 +22,42 @@ import threading
 import time
 from pathlib import Path
 
+import fake_slicer
+import nibabel
 import nrrd
 import numpy as np
 import psutil
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from BUSISegmentationLib import (
     BUNDLE_DIR_ENV,
+    REQUIREMENTS,
+    TORCH_VERSION,
     BackgroundProcess,
     OutputParser,
     SegmentationCancelled,
     SegmentationError,
+    UnmetRequirement,
     build_command,
+    lesion_area_text,
     locate_bundle,
     parse_progress_line,
+    pip_install_arguments,
+    pixel_size_is_known,
+    python_problem,
     read_result,
+    result_paths,
     segment_array,
+    unmet_requirements,
+    unmet_torch,
     write_input,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "monai_bundle"
+LIB_DIR = REPO_ROOT / "BUSISegmentation" / "BUSISegmentationLib"
 ROTATION = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 # Stands in for "python -m monai.bundle run ...": same arguments, same output files and progress lines.
@@ -46,7 +65,7 @@ FAKE_BUNDLE = textwrap.dedent(
     """
     import json, os, subprocess, sys, time
     from pathlib import Path
-    import nrrd, numpy as np
+    import nibabel, nrrd, numpy as np
 
     args = sys.argv[sys.argv.index("run") + 1:]
     options = dict(zip(args[0::2], args[1::2]))
@@ -70,15 +89,14 @@ FAKE_BUNDLE = textwrap.dedent(
         print(f"PROGRESS {frame + 1} {frames}", flush=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = input_file.stem
-    seg_header = {
-        "space": header["space"], "space directions": [d for d in header["space directions"] if not np.isnan(d).any()],
-        "space origin": header["space origin"], "kinds": ["domain"] * 3,
-        "Segment0_Name": "Benign lesion", "Segment0_LabelValue": "1", "Segment0_Layer": "0",
-        "Segment1_Name": "Malignant lesion", "Segment1_LabelValue": "2", "Segment1_Layer": "0",
-    }
-    nrrd.write(str(output_dir / f"{stem}_seg.seg.nrrd"), labels, seg_header, index_order="C")
-    lesions = [{"frame": f, "class_name": ["benign", "malignant"][f % 2], "confidence": 0.9, "area_mm2": 6.0}
-               for f in range(frames)]
+    # like the bundle: lesion areas in mm2 only when the input has a pixel size
+    has_geometry = "space directions" in header
+    # like the bundle's NIfTI writer: (column, row, frame) voxels, 2D for one frame; the affine is not read back
+    voxels = np.transpose(labels, (2, 1, 0))
+    nibabel.save(nibabel.Nifti1Image(voxels[..., 0] if frames == 1 else voxels, np.eye(4)),
+                 output_dir / f"{stem}_seg.nii.gz")
+    lesions = [{"frame": f, "class_name": ["benign", "malignant"][f % 2], "confidence": 0.9, "area_px": 6,
+                "area_mm2": 6.0 if has_geometry else None} for f in range(frames)]
     (output_dir / f"{stem}_lesions.json").write_text(json.dumps(lesions))
     seen = {"shape": list(data.shape), "kinds": header["kinds"], "dtype": str(data.dtype),
             "options": options, "checksum": float(data.astype(np.float64).sum())}
@@ -134,6 +152,19 @@ def test_write_input_keeps_colour_for_the_bundle_to_convert(tmp_path: Path, bund
     np.testing.assert_allclose(image.frames, reader.rgb_to_grey(array), rtol=1e-6)
 
 
+def test_write_input_without_pixel_size_reads_as_a_picture(tmp_path: Path) -> None:
+    array = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
+    path = write_input(array, None, (1.0, 2.0, 3.0), ROTATION, tmp_path / "picture.nrrd")
+    data, header = nrrd.read(str(path), index_order="C")
+    np.testing.assert_array_equal(data, array)
+    assert not {"space", "space directions", "space origin"} & set(header)
+    assert header["kinds"] == ["RGB-color", "domain", "domain", "domain"]
+    reader = pytest.importorskip("scripts.reader")
+    image = reader.read_image(path)
+    # no spacing: the bundle's lesion table then has no area in mm²
+    assert image.frames.shape == (2, 4, 5) and image.spacing is None
+
+
 @pytest.mark.parametrize(
     ("array", "spacing", "direction", "message"),
     [
@@ -150,24 +181,46 @@ def test_write_input_rejects_unusable_values(tmp_path: Path, array, spacing, dir
         write_input(array, spacing, (0, 0, 0), direction, tmp_path / "x.nrrd")
 
 
-def test_read_result_maps_segments_by_name_and_restores_cropping(tmp_path: Path) -> None:
-    stored = np.zeros((1, 2, 3), np.uint8)
-    stored[0, 0, 0], stored[0, 1, 2] = 5, 7
-    header = {
-        "kinds": ["domain"] * 3,
-        "Segmentation_ReferenceImageExtentOffset": "2 1 0",
-        "Segment0_Name": "Malignant lesion", "Segment0_LabelValue": "5", "Segment0_Layer": "0",
-        "Segment1_Name": "Benign lesion", "Segment1_LabelValue": "7", "Segment1_Layer": "0",
-    }  # fmt: skip
-    nrrd.write(str(tmp_path / "image_seg.seg.nrrd"), stored, header, index_order="C")
-    (tmp_path / "image_lesions.json").write_text("[]")
-    labels, lesions = read_result(tmp_path, "image", shape=(1, 4, 6))
-    expected = np.zeros((1, 4, 6), np.uint8)
-    expected[0, 1, 2], expected[0, 2, 4] = 2, 1
-    np.testing.assert_array_equal(labels, expected)
-    assert lesions == []
-    with pytest.raises(FileNotFoundError, match="other_lesions.json|other_seg"):
-        read_result(tmp_path, "other")
+@pytest.mark.parametrize("frames", [1, 3])
+def test_read_result_gives_back_the_label_map_the_bundle_wrote(tmp_path: Path, frames: int) -> None:
+    # The whole file path of a run but the network: the Lib's input NRRD, read by the bundle's reader; a label map
+    # and lesions written by the bundle's writer as the Lib asks for them (NIfTI, no overlay); read back by the Lib.
+    reader = pytest.importorskip("scripts.reader")
+    writers = pytest.importorskip("scripts.writers")
+    postprocess = pytest.importorskip("scripts.postprocess")
+    input_file = write_input(np.zeros((frames, 7, 9), np.uint8), (0.3, 0.2, 2.0), (5.0, -3.0, 1.0), ROTATION,
+                             tmp_path / "input" / "image.nrrd")  # fmt: skip
+    image = reader.read_image(input_file)
+    labels = np.random.default_rng(frames).integers(0, 3, size=(frames, 7, 9), dtype=np.uint8)
+    lesions = [[postprocess.Lesion(1, 2, "malignant", 0.75, int((labels[f] == 2).sum()), (0, 0, 6, 8))]
+               for f in range(frames)]  # fmt: skip
+    output_dir = tmp_path / "output"
+    written = writers.write_outputs(
+        writers.SegmentationResult(image, labels, lesions), output_dir / "image", ["nifti"], overlay=False
+    )
+    assert sorted(result_paths(output_dir, "image")) == sorted(p for p in written if p.suffix != ".csv")
+
+    read_labels, read_lesions = read_result(output_dir, "image", shape=(frames, 7, 9))
+    assert read_labels.dtype == np.uint8
+    np.testing.assert_array_equal(read_labels, labels)
+    assert [(row["frame"], row["class_name"], row["area_px"]) for row in read_lesions] == [
+        (f, "malignant", int((labels[f] == 2).sum())) for f in range(frames)
+    ]
+    assert read_lesions[0]["area_mm2"] == pytest.approx(read_lesions[0]["area_px"] * 0.3 * 0.2)
+
+
+def test_read_result_refuses_what_does_not_fit_the_input(tmp_path: Path) -> None:
+    label_map_path, lesions_path = result_paths(tmp_path, "image")
+    with pytest.raises(FileNotFoundError, match="image_seg.nii.gz"):
+        read_result(tmp_path, "image")
+    lesions_path.write_text("[]")
+    nibabel.save(nibabel.Nifti1Image(np.zeros((6, 4, 2), np.uint8), np.eye(4)), label_map_path)
+    assert read_result(tmp_path, "image", shape=(2, 4, 6))[0].shape == (2, 4, 6)
+    with pytest.raises(ValueError, match=r"\(2, 4, 6\) does not match the input \(2, 6, 4\)"):
+        read_result(tmp_path, "image", shape=(2, 6, 4))
+    nibabel.save(nibabel.Nifti1Image(np.zeros((6, 4), np.float32), np.eye(4)), label_map_path)
+    with pytest.raises(ValueError, match="float32"):
+        read_result(tmp_path, "image")
 
 
 # --- bundle location and command ----------------------------------------------------------------------------
@@ -180,11 +233,22 @@ def test_build_command_follows_the_bundle_contract(tmp_path: Path) -> None:
     options = dict(zip(command[4::2], command[5::2]))
     assert options["--config_file"] == (tmp_path / "bundle" / "configs" / "inference.json").as_posix()
     assert json.loads(options["--input_files"]) == [input_file.as_posix()]
-    assert json.loads(options["--formats"]) == ["seg.nrrd"]
+    # a plain label map, no overlay picture: Slicer shows the segmentation itself
+    assert json.loads(options["--formats"]) == ["nifti"] and options["--overlays"] == "False"
     assert options["--progress"] == "lines" and options["--device"] == "cpu" and options["--tta"] == "False"
     assert "--device" not in build_command("python", tmp_path, "x.nrrd", tmp_path, "auto")
     with pytest.raises(ValueError, match="'gpu'"):
         build_command("python", tmp_path, "x.nrrd", tmp_path, "gpu")
+
+
+def test_build_command_sets_only_what_the_inference_config_defines(bundle_root: Path) -> None:
+    writers = pytest.importorskip("scripts.writers")
+    command = build_command("python", bundle_root, "x.nrrd", "out", "cpu", tta=True)
+    options = dict(zip(command[4::2], command[5::2]))
+    config = json.loads((bundle_root / "configs" / "inference.json").read_text(encoding="utf-8"))
+    # "monai.bundle run" would silently add a key the config does not read
+    assert {name[2:] for name in options} - {"config_file"} <= set(config)
+    assert set(json.loads(options["--formats"])) <= set(writers.SUPPORTED_FORMATS)
 
 
 def test_locate_bundle_prefers_the_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,6 +276,36 @@ def test_progress_lines_are_parsed() -> None:
     assert updates[-1].fraction == 0.5
     assert parser.errors == ["a.png: broken"]
     assert "a.png: broken" in parser.failure_message(1) and "exit code 1" in parser.failure_message(1)
+
+
+def test_lib_reads_the_lines_the_bundle_progress_reporter_prints(capsys, bundle_root: Path) -> None:
+    # Both sides of the line contract: the bundle's reporter prints, the Lib's parser reads.
+    progress = pytest.importorskip("scripts.progress")
+    # The bundle logs to standard output too (configs/logging.conf): its log lines must not count as errors.
+    logging_conf = configparser.ConfigParser(interpolation=None)
+    logging_conf.read(bundle_root / "configs" / "logging.conf")
+    log_to_stdout = logging.StreamHandler(sys.stdout)
+    log_to_stdout.setFormatter(logging.Formatter(logging_conf["formatter_fullFormatter"]["format"]))
+    logging.getLogger(progress.__name__).addHandler(log_to_stdout)
+    try:
+        reporter = progress.make_progress("lines")
+        reporter.start(3, "frame")
+        reporter.advance()
+        reporter.error("scan.dcm: cannot be read as an image")
+        reporter.advance()
+        reporter.advance()
+        reporter.finish()
+    finally:
+        logging.getLogger(progress.__name__).removeHandler(log_to_stdout)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(" - ERROR - scan.dcm" in line for line in lines)  # the log line is there as well
+
+    parser = OutputParser()
+    updates = [parser.feed(line) for line in lines]
+    assert [(u.done, u.total) for u in updates if u.line.startswith("PROGRESS")] == [(1, 3), (2, 3), (3, 3)]
+    assert (parser.done, parser.total, updates[-1].fraction) == (3, 3, 1.0)
+    assert parser.errors == ["scan.dcm: cannot be read as an image"]
+    assert "scan.dcm: cannot be read as an image" in parser.failure_message(1)
 
 
 def test_background_process_collects_output_without_blocking() -> None:
@@ -310,14 +404,206 @@ def test_lib_imports_before_dependencies_are_installed() -> None:
     # In 3D Slicer the module is loaded before pynrrd and psutil are installed.
     code = (
         "import sys\n"
-        "for name in ('nrrd', 'psutil', 'torch', 'monai'):\n"
+        "for name in ('nrrd', 'nibabel', 'psutil', 'torch', 'monai', 'tqdm'):\n"
         "    sys.modules[name] = None\n"
         "import BUSISegmentationLib\n"
-        "print(sorted(BUSISegmentationLib.missing_requirements())[:1])\n"
+        "print(sorted(map(str, BUSISegmentationLib.unmet_requirements()))[:1])\n"
+        # the segment descriptions come from the bundle's vocabulary reader, which needs only the standard library
+        "print([d.name for d in BUSISegmentationLib.load_label_descriptions()])\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "BUSISegmentation")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
+    assert "['Benign lesion', 'Malignant lesion']" in result.stdout
+
+
+# --- dependencies ------------------------------------------------------------------------------------------------
+
+
+def test_requirements_are_checked_by_installed_version(tmp_path: Path) -> None:
+    import pydicom
+    import torch
+
+    assert unmet_requirements([f"pydicom=={pydicom.__version__}", "numpy>=1.24"]) == []
+    (too_old,) = unmet_requirements(["pydicom>=99"])
+    assert too_old == UnmetRequirement("pydicom>=99", pydicom.__version__)
+    assert str(too_old) == f"pydicom>=99 ({pydicom.__version__} installed)"
+    (missing,) = unmet_requirements(["no-such-package-busi>=1"])
+    assert missing.installed is None and str(missing) == "no-such-package-busi>=1 (not installed)"
+    # torch builds have a local version ("2.13.0+cpu", "2.9.1+cu128"); it counts as its release
+    assert unmet_torch() is None
+    assert unmet_requirements([f"torch=={torch.__version__.split('+')[0]}"]) == []
+    arguments = pip_install_arguments(["monai~=1.6.1"], tmp_path / "constraints.txt")
+    assert arguments == ["--constraint", str(tmp_path / "constraints.txt"), "monai~=1.6.1"]
+    assert (tmp_path / "constraints.txt").read_text() == f"torch=={torch.__version__}\n"
+
+
+def _lowest_version(requirement: Requirement) -> Version:
+    return max(Version(spec.version) for spec in requirement.specifier if spec.operator in (">=", "~="))
+
+
+def test_declared_versions_are_the_ones_the_bundle_and_monai_need(bundle_root: Path) -> None:
+    import importlib.metadata
+
+    declared = {Requirement(spec).name: Requirement(spec).specifier for spec, _ in REQUIREMENTS}
+    metadata = json.loads((bundle_root / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    assert declared["monai"].contains(metadata["monai_version"])
+    # never below what MONAI itself requires, or installing MONAI could replace the torch build of the PyTorch extension
+    monai_torch = next(
+        Requirement(spec) for spec in importlib.metadata.requires("monai") if Requirement(spec).name == "torch"
+    )
+    assert _lowest_version(Requirement(f"torch{TORCH_VERSION}")) >= _lowest_version(monai_torch)
+    # the pinned environment of the command-line tool meets every declared requirement
+    pins = dict(line.split("==") for line in (REPO_ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    for name, specifier in declared.items():
+        if name in pins:
+            assert specifier.contains(pins[name]), f"requirements.txt pins {name}=={pins[name]}, outside {specifier}"
+    assert Version(pins["torch"]) in Requirement(f"torch{TORCH_VERSION}").specifier
+
+
+def test_python_of_slicer_5_8_is_refused_with_the_version_to_use() -> None:
+    assert python_problem((3, 12, 10)) == ""
+    assert python_problem((3, 9, 10)) == (
+        "BUSI Segmentation needs 3D Slicer 5.10 or later: MONAI needs Python 3.10 or later and this application "
+        "has Python 3.9"
+    )
+
+
+def test_module_and_lib_load_in_the_python_of_slicer_5_8() -> None:
+    # so that Slicer 5.8 shows why the module cannot run instead of failing to load it
+    for path in [REPO_ROOT / "BUSISegmentation" / "BUSISegmentation.py", *LIB_DIR.glob("*.py")]:
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+
+
+# --- pixel size and areas -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spacing", "file_name", "dicom_pixel_spacing", "known"),
+    [
+        ((1.0, 1.0, 1.0), "/data/scan (1).png", None, False),  # Slicer's made-up 1 mm
+        ((1.0, 1.0, 1.0), "/data/scan.JPG", None, False),
+        ((0.1, 0.1, 1.0), "/data/scan.png", None, True),  # a PNG with a physical scale (sCAL)
+        ((1.0, 1.0, 1.0), "/data/scan.nrrd", None, True),
+        ((1.0, 1.0, 1.0), None, None, True),
+        ((1.0, 1.0, 1.0), None, "", False),  # DICOM without Pixel Spacing
+        ((1.0, 1.0, 1.0), None, "1\\1", True),
+    ],
+)
+def test_pixel_size_is_known_only_when_the_file_gives_it(spacing, file_name, dicom_pixel_spacing, known) -> None:
+    assert pixel_size_is_known(spacing, file_name, dicom_pixel_spacing) is known
+
+
+def test_lesion_area_text_names_its_unit() -> None:
+    assert lesion_area_text({"area_px": 120, "area_mm2": 3.04}) == "3.0 mm²"
+    assert lesion_area_text({"area_px": 120, "area_mm2": None}) == "120 px"
+    assert lesion_area_text({}) == "unknown"
+
+
+# --- the module's Logic on stand-in Slicer modules ------------------------------------------------------------
+
+
+@pytest.fixture
+def slicer_module(monkeypatch: pytest.MonkeyPatch, fake_python: Path):
+    module = fake_slicer.install(monkeypatch, fake_python)
+    # The MRML conversion of the label map needs Slicer (CTest checks it); here it is recorded on the node.
+    def record_labels(self, node, labels, reference) -> None:
+        node.labels = labels
+
+    monkeypatch.setattr(module.BUSISegmentationLogic, "updateSegments", record_labels)
+    return module
+
+
+def _volume(module, file_name: str | None = "/data/scan (1).png", spacing=(1.0, 1.0, 1.0)):
+    array = np.random.default_rng(0).integers(0, 256, size=(1, 5, 6, 3), dtype=np.uint8)
+    return module.slicer.mrmlScene.AddNode(fake_slicer.VolumeNode("scan", array, spacing, file_name))
+
+
+def _poll_until(module, done, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "the segmentation did not finish"
+        module.qt.QTimer.fire()
+        time.sleep(0.05)
+
+
+def test_closing_the_scene_stops_the_segmentation_and_writes_nothing(slicer_module, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_MODE", "hang")
+    scene = slicer_module.slicer.mrmlScene
+    volume, segmentation = _volume(slicer_module), scene.AddNode(fake_slicer.SegmentationNode())
+    lines, completed = [], []
+    task = slicer_module.BUSISegmentationLogic().process(
+        volume, segmentation, progressCallback=lambda p: lines.append(p.line), completedCallback=completed.append
+    )
+    _poll_until(slicer_module, lambda: any(line.startswith("CHILD ") for line in lines))
+    child = int(next(line for line in lines if line.startswith("CHILD ")).split()[1])
+    started = time.monotonic()
+    scene.Clear()
+    _poll_until(slicer_module, lambda: completed)
+    assert completed == [task] and task.cancelled and not task.error
+    assert time.monotonic() - started < 20  # stopped, not waited for (the stand-in bundle sleeps 120 s)
+    assert _gone(child)
+    assert segmentation.labels is None and not segmentation.references and not task.lesions
+    assert scene.observers == {}  # the Logic no longer observes the scene
+
+
+def test_a_node_removed_during_the_run_gets_no_result(slicer_module) -> None:
+    scene = slicer_module.slicer.mrmlScene
+    volume, segmentation = _volume(slicer_module), scene.AddNode(fake_slicer.SegmentationNode())
+    completed = []
+    task = slicer_module.BUSISegmentationLogic().process(volume, segmentation, completedCallback=completed.append)
+    scene.nodes.remove(segmentation)  # deleted in the Data module while the bundle runs
+    _poll_until(slicer_module, lambda: completed)
+    assert task.cancelled and segmentation.labels is None
+
+
+def test_a_failed_run_is_reported_in_the_task(slicer_module, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_MODE", "fail")
+    scene = slicer_module.slicer.mrmlScene
+    volume, segmentation = _volume(slicer_module), scene.AddNode(fake_slicer.SegmentationNode())
+    completed = []
+    with pytest.raises(SegmentationError, match="truncated"):
+        slicer_module.BUSISegmentationLogic().process(
+            volume, segmentation, waitForCompletion=True, completedCallback=completed.append
+        )
+    (task,) = completed
+    assert "truncated" in task.error and not task.succeeded and not task.cancelled
+    assert scene.observers == {}
+
+
+@pytest.mark.parametrize(
+    ("file_name", "spacing", "area"),
+    [("/data/scan (1).png", (1.0, 1.0, 1.0), "6 px"), ("/data/scan.nrrd", (0.1, 0.1, 1.0), "6.0 mm²")],
+)
+def test_areas_are_in_mm2_only_when_the_image_has_a_pixel_size(slicer_module, file_name, spacing, area) -> None:
+    scene = slicer_module.slicer.mrmlScene
+    volume, segmentation = _volume(slicer_module, file_name, spacing), scene.AddNode(fake_slicer.SegmentationNode())
+    task = slicer_module.BUSISegmentationLogic().process(volume, segmentation, waitForCompletion=True)
+    assert task.succeeded and task.pixelSizeKnown is (area.endswith("mm²"))
+    assert segmentation.labels.shape == (1, 5, 6) and segmentation.labels.max() == 1
+    assert [lesion_area_text(lesion) for lesion in task.lesions] == [area]
+    assert scene.observers == {}
+
+
+def test_logic_without_a_bundle_reports_it_instead_of_failing(slicer_module, tmp_path, monkeypatch) -> None:
+    # The segment descriptions come from the bundle: they are read when a result is imported, not when the Logic
+    # is made, so that the Logic can say what is wrong.
+    monkeypatch.setenv(BUNDLE_DIR_ENV, str(tmp_path / "no_bundle"))
+    logic = slicer_module.BUSISegmentationLogic()
+    assert "no_bundle" in logic.bundleProblem()
+    with pytest.raises(ValueError, match="no_bundle"):
+        logic.labelDescriptions
+    monkeypatch.delenv(BUNDLE_DIR_ENV)
+    assert [d.name for d in logic.labelDescriptions] == ["Benign lesion", "Malignant lesion"]
+
+
+def test_dicom_volume_pixel_size_comes_from_the_dicom_database(slicer_module) -> None:
+    logic = slicer_module.BUSISegmentationLogic()
+    volume = _volume(slicer_module, file_name=None)
+    volume.attributes["DICOM.instanceUIDs"] = "1.2.3 1.2.4"
+    assert logic.pixelSizeKnown(volume) is False  # ultrasound DICOM without Pixel Spacing: Slicer used 1 mm
+    slicer_module.slicer.dicomDatabase.values[("/dicom/1.2.3.dcm", "0028,0030")] = "0.1\\0.1"
+    assert logic.pixelSizeKnown(volume) is True
 
 
 # --- the real bundle --------------------------------------------------------------------------------------------
@@ -354,9 +640,14 @@ def test_real_bundle_matches_running_it_on_the_picture(tmp_path: Path, bundle_sn
     output = segment_array(grey, spacing=(0.1, 0.2, 1.0), device="cpu", work_dir=tmp_path / "grey",
                            bundle_dir=bundle_snapshot)  # fmt: skip
     np.testing.assert_array_equal(output.labels, expected)
-    _, header = nrrd.read(str(tmp_path / "grey" / "output" / "image_seg.seg.nrrd"))
-    np.testing.assert_allclose(np.abs(np.diag(header["space directions"])), [0.1, 0.2, 1.0])
+    # the label map carries the input geometry (as a RAS affine)
+    label_map_path, _ = result_paths(tmp_path / "grey" / "output", "image")
+    np.testing.assert_allclose(np.abs(np.diag(nibabel.load(label_map_path).affine)[:3]), [0.1, 0.2, 1.0])
     assert output.lesions and all(row["area_mm2"] == pytest.approx(row["area_px"] * 0.02) for row in output.lesions)
+    # without a pixel size (a picture in Slicer) the bundle gives the areas in pixels only
+    output = segment_array(grey, spacing=None, device="cpu", bundle_dir=bundle_snapshot)
+    np.testing.assert_array_equal(output.labels, expected)
+    assert output.lesions and all(row["area_mm2"] is None and row["area_px"] > 0 for row in output.lesions)
 
     # Two colour frames: the bundle converts RGB to grey itself, and each frame is segmented.
     rgb = np.repeat(grey[..., np.newaxis], 3, axis=-1)

@@ -1,5 +1,7 @@
-"""The 3D Slicer extension's files, checked without 3D Slicer: module source, UI, CMake, terminology, catalog entry.
+"""The 3D Slicer extension's files, checked without 3D Slicer: module source, UI, CMake, terminology, catalog entry
+(against Slicer's schema) and the URLs of the extension's description.
 
+The CMake build runs in ``test_extension_build.py``, the Logic on stand-in Slicer modules in ``test_slicer_lib.py``.
 What needs Slicer itself (the Widget, the Logic's MRML conversions, the self-test) runs in Slicer through CTest:
 ``BUSISegmentationTest`` in the module and ``BUSISegmentation/Testing/Python``.
 """
@@ -7,18 +9,20 @@ What needs Slicer itself (the Widget, the Logic's MRML conversions, the self-tes
 from __future__ import annotations
 
 import ast
-import csv
 import json
 import py_compile
 import re
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import jsonschema
 import pytest
 from PIL import Image
 from pydicom.sr.codedict import codes
 
-from BUSISegmentationLib import load_label_descriptions
+from BUSISegmentationLib import BUNDLE_DIR_ENV, load_label_descriptions
+from BUSISegmentationLib.labels import load_vocabulary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO_ROOT / "BUSISegmentation"
@@ -27,6 +31,11 @@ LIB_DIR = MODULE_DIR / "BUSISegmentationLib"
 RESOURCES = MODULE_DIR / "Resources"
 UI_FILE = RESOURCES / "UI" / "BUSISegmentation.ui"
 SLICER_ONLY_MODULES = {"slicer", "qt", "vtk", "ctk", "SampleData", "PyTorchUtils"}
+# Extensions Index: the repository name starts with "Slicer", the extension name does not.
+EXTENSION_REPOSITORY = "https://github.com/busi-segmentation/SlicerBUSISegmentation"
+SLICER_SCHEMAS_URL = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas"
+# Copy of Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json, the newest catalog entry schema.
+CATALOG_SCHEMA = REPO_ROOT / "Testing" / "schemas" / "slicer-extension-catalog-entry-schema-v1.0.2.json"
 
 
 def _imported_roots(path: Path) -> set[str]:
@@ -108,7 +117,7 @@ def test_ui_has_every_widget_the_module_uses() -> None:
     assert _widget_property(widgets["logTextEdit"], "readOnly").find("bool").text == "true"
     assert widgets["progressBar"].get("class") == "QProgressBar"
     headers = [c.find("property/string").text for c in widgets["resultsTable"].findall("column")]
-    assert headers == ["Frame", "Class", "Confidence", "Area (mm²)"]
+    assert headers == ["Frame", "Class", "Confidence", "Area"]  # the unit is in each cell: mm² or px
 
 
 def test_ui_parameters_match_the_parameter_node() -> None:
@@ -173,49 +182,106 @@ def test_module_cmake_lists_every_file() -> None:
         assert (MODULE_DIR / "Testing" / "Python" / script).is_file()
 
 
-def test_extension_cmake_and_catalog_entry() -> None:
+def _extension_metadata() -> dict[str, str]:
     text = (REPO_ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
-    metadata = dict(re.findall(r'set\((EXTENSION_\w+) "([^"]*)"\)', text))
+    return dict(re.findall(r'set\((EXTENSION_\w+) "([^"]*)"\)', text))
+
+
+def test_extension_cmake_metadata() -> None:
+    text = (REPO_ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    metadata = _extension_metadata()
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert metadata.get(f"EXTENSION_{key}"), f"EXTENSION_{key} is not set"
     assert metadata["EXTENSION_CATEGORY"] == "Segmentation" and metadata["EXTENSION_DEPENDS"] == "PyTorch"
     assert metadata["EXTENSION_ICONURL"].endswith("BUSISegmentation/Resources/Icons/BUSISegmentation.png")
-    order = ["find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(BUSISegmentation)",
+    # the Extensions Index names the catalog entry after project() and wants a repository named Slicer...
+    assert re.search(r"^project\(BUSISegmentation\)", text, re.M)
+    assert metadata["EXTENSION_HOMEPAGE"] == EXTENSION_REPOSITORY
+    order = ["find_package(Slicer 5.10 REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(BUSISegmentation)",
              "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"]  # fmt: skip
     assert [text.index(line) for line in order] == sorted(text.index(line) for line in order)
+
+
+def test_every_url_of_the_extension_names_a_file_of_this_repository() -> None:
+    text = (REPO_ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    raw_prefix = EXTENSION_REPOSITORY.replace("https://github.com/", "https://raw.githubusercontent.com/") + "/main/"
+    urls = re.findall(r"https://raw\.githubusercontent\.com/[^\s\"]+", text)
+    assert len(urls) >= 2  # the icon and at least one screenshot
+    for url in urls:
+        assert url.startswith(raw_prefix), url
+        path = REPO_ROOT / url.removeprefix(raw_prefix)
+        assert path.is_file(), f"{url} names {path}, which does not exist"
+        with Image.open(path) as picture:
+            assert picture.format in ("PNG", "JPEG", "GIF"), url  # image types the Extensions Index accepts
+    screenshots = _extension_metadata()["EXTENSION_SCREENSHOTURLS"].split()
+    assert screenshots and all(url in urls for url in screenshots)
+
+
+def test_catalog_entry_validates_against_slicers_schema() -> None:
     catalog = json.loads((REPO_ROOT / "BUSISegmentation.json").read_text(encoding="utf-8"))
-    assert catalog["scmurl"] == metadata["EXTENSION_HOMEPAGE"]
+    schema = json.loads(CATALOG_SCHEMA.read_text(encoding="utf-8"))
+    # the entry names the schema kept here, by the URL Slicer publishes it at
+    assert catalog["$schema"] == schema["$id"] == f"{SLICER_SCHEMAS_URL}/{CATALOG_SCHEMA.name}#"
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(catalog, schema)
+    assert catalog["scm_url"] == EXTENSION_REPOSITORY == _extension_metadata()["EXTENSION_HOMEPAGE"]
     assert catalog["category"] == "Segmentation" and catalog["build_dependencies"] == ["PyTorch"]
-    assert catalog["$schema"].endswith("slicer-extension-catalog-item-schema-v1.0.0.json#")
+    # the form used before is refused by the schema
+    old_form = {key: value for key, value in catalog.items() if not key.startswith("scm_")}
+    old_form.update(scmurl=catalog["scm_url"], scmrevision="main")
+    assert not jsonschema.Draft7Validator(schema).is_valid(old_form)
+
+
+def test_readme_names_the_extension_repository() -> None:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    slicer_section = readme[readme.index("## In 3D Slicer") :]
+    assert EXTENSION_REPOSITORY in slicer_section
+    repositories = set(re.findall(r"https://github\.com/busi-segmentation/[\w-]+", readme))
+    assert repositories == {EXTENSION_REPOSITORY}
 
 
 # --- segment names, codes and colours --------------------------------------------------------------------------
 
 
-def test_labels_and_terminology_agree() -> None:
-    with open(RESOURCES / "labels.csv", newline="", encoding="utf-8") as stream:
-        rows = list(csv.DictReader(stream))
-    assert [(r["LabelValue"], r["Name"]) for r in rows] == [("1", "Benign lesion"), ("2", "Malignant lesion")]
-    terminology = json.loads((RESOURCES / "BUSISegmentation.term.json").read_text(encoding="utf-8"))
-    (category,) = terminology["SegmentationCodes"]["Category"]
-    assert (category["CodeValue"], category["CodeMeaning"]) == ("49755003", "Morphologically Altered Structure")
-    types = {t["CodeValue"]: t["CodeMeaning"] for t in category["Type"]}
-    assert types == {"3898006": "Neoplasm, benign", "86049000": "Malignant neoplasm, primary"}
-    for row in rows:
-        assert row["SegmentedPropertyCategoryCodeSequence.CodeValue"] == category["CodeValue"]
-        type_code = row["SegmentedPropertyTypeCodeSequence.CodeValue"]
-        assert types[type_code] == row["SegmentedPropertyTypeCodeSequence.CodeMeaning"]
-        region = (row["AnatomicRegionSequence.CodeValue"], row["AnatomicRegionSequence.CodeMeaning"])
-        assert region == ("76752008", "Breast")
+def _terminology() -> dict:
+    return json.loads((RESOURCES / "BUSISegmentation.term.json").read_text(encoding="utf-8"))
+
+
+def test_terminology_file_agrees_with_the_bundle_vocabulary() -> None:
+    # Slicer loads the terminology file, the bundle writes labels.json's codes: the two must say the same.
+    vocabulary = load_vocabulary()
+    (category,) = _terminology()["SegmentationCodes"]["Category"]
+    code = vocabulary.category
+    assert (category["CodingSchemeDesignator"], category["CodeValue"], category["CodeMeaning"]) == (
+        code.scheme, code.value, code.meaning
+    )  # fmt: skip
+    in_terminology = {
+        (entry["CodingSchemeDesignator"], entry["CodeValue"]):
+            (entry["CodeMeaning"], entry["3dSlicerLabel"], entry["recommendedDisplayRGBValue"])
+        for entry in category["Type"]
+    }  # fmt: skip
+    in_vocabulary = {
+        (label.type.scheme, label.type.value): (label.type.meaning, label.name, list(label.color))
+        for label in vocabulary.lesions
+    }
+    assert in_terminology == in_vocabulary
+    assert category["showAnatomy"] is True  # the segments carry the anatomic region (breast)
     # codes as DICOM (pydicom) defines them
-    assert codes.SCT.Breast.value == "76752008"
+    assert (vocabulary.anatomic_region.value, vocabulary.anatomic_region.meaning) == (codes.SCT.Breast.value, "Breast")
+    assert vocabulary.anatomic_context == "Anatomic codes - DICOM master list"  # Slicer's built-in list has Breast
     assert codes.SCT.MalignantNeoplasmPrimary.value == "86049000"
     assert codes.SCT.MalignantNeoplasmPrimary.meaning.startswith("Malignant neoplasm, primary")
 
 
+def test_terminology_context_is_the_one_the_vocabulary_names() -> None:
+    # A custom context file defines a context of its own name, and a Slicer terminology entry is looked up in the
+    # context it names: the bundle's .seg.nrrd files must name the context the module loads.
+    assert load_vocabulary().terminology_context == _terminology()["SegmentationCategoryTypeContextName"]
+
+
 def test_label_descriptions_give_slicer_terminology_entries() -> None:
     descriptions = load_label_descriptions()
-    assert [d.value for d in descriptions] == [1, 2]
+    assert [(d.value, d.name) for d in descriptions] == [(1, "Benign lesion"), (2, "Malignant lesion")]
     benign, malignant = descriptions
     assert benign.terminology_entry == (
         "Segmentation category and type - BUSI Segmentation~SCT^49755003^Morphologically Altered Structure"
@@ -224,6 +290,32 @@ def test_label_descriptions_give_slicer_terminology_entries() -> None:
     assert malignant.terminology_entry.count("~") == 6
     assert "~SCT^86049000^Malignant neoplasm, primary~" in malignant.terminology_entry
     assert all(0 <= c <= 1 for d in descriptions for c in d.color) and benign.color != malignant.color
+    # the entries name the context the module loads into Slicer
+    context = _terminology()["SegmentationCategoryTypeContextName"]
+    assert all(d.terminology_entry.startswith(f"{context}~") for d in descriptions)
+
+
+def test_label_descriptions_follow_the_bundle_the_lib_located(tmp_path: Path, monkeypatch) -> None:
+    # labels.json of the located bundle is the one definition: a bundle with other labels gives other segments.
+    bundle = tmp_path / "bundle"
+    for part in ("configs/inference.json", "configs/labels.json", "scripts/labels.py"):
+        (bundle / part).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / part).write_bytes((REPO_ROOT / "monai_bundle" / part).read_bytes())
+    vocabulary = json.loads((bundle / "configs" / "labels.json").read_text(encoding="utf-8"))
+    vocabulary["labels"][2].update(name="Carcinoma", color=[0, 0, 255])
+    (bundle / "configs" / "labels.json").write_text(json.dumps(vocabulary), encoding="utf-8")
+    monkeypatch.setenv(BUNDLE_DIR_ENV, str(bundle))
+    benign, malignant = load_label_descriptions()
+    assert benign.name == "Benign lesion" and (malignant.name, malignant.color) == ("Carcinoma", (0.0, 0.0, 1.0))
+    (bundle / "configs" / "labels.json").unlink()
+    with pytest.raises(FileNotFoundError, match="labels.json"):
+        load_label_descriptions()
+
+
+def test_the_vocabulary_reader_the_lib_loads_needs_only_the_standard_library() -> None:
+    # BUSISegmentationLib.labels runs the bundle's scripts/labels.py in Slicer, before torch or MONAI is installed.
+    reader = REPO_ROOT / "monai_bundle" / "scripts" / "labels.py"
+    assert _imported_roots(reader) <= set(sys.stdlib_module_names) | {"__future__"}
 
 
 def test_segments_match_what_the_bundle_writes() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -17,13 +19,18 @@ from PIL import Image
 from scipy import ndimage
 
 from scripts import writers
-from scripts.postprocess import CLASS_NAMES, Lesion
-from scripts.reader import read_image
-from scripts.writers import SEGMENTS, SegmentationResult, default_formats, write_outputs
+from scripts.labels import load_vocabulary
+from scripts.postprocess import Lesion
+from scripts.reader import ImageReadError, read_image
+from scripts.writers import SegmentationResult, default_formats, write_outputs
 
 DICOM_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
 needs_dicom = pytest.mark.skipif(not DICOM_DIR.is_dir(), reason=f"{DICOM_DIR} not available")
+# dciodvfy (dicom3tools, Debian package "dicom3tools") checks a DICOM file against its IOD; .ci/run installs it.
+DCIODVFY = shutil.which("dciodvfy")
+needs_dciodvfy = pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy not installed (apt-get install dicom3tools)")
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+VOCABULARY = load_vocabulary()
 
 
 def _result(image, frames_with_lesions=(0,)) -> SegmentationResult:
@@ -38,7 +45,8 @@ def _result(image, frames_with_lesions=(0,)) -> SegmentationResult:
             mask = labels[frame] == label
             (row_slice, col_slice), = ndimage.find_objects(mask.astype(np.uint8))
             bbox = (row_slice.start, col_slice.start, row_slice.stop - 1, col_slice.stop - 1)
-            lesions[frame].append(Lesion(lesion_id, label, CLASS_NAMES[label], 0.8, int(mask.sum()), bbox))
+            class_name = VOCABULARY.class_names[label]
+            lesions[frame].append(Lesion(lesion_id, label, class_name, 0.8, int(mask.sum()), bbox))
     return SegmentationResult(image=image, labels=labels, lesions=lesions)
 
 
@@ -67,6 +75,12 @@ def test_picture_outputs(tmp_path):
         ("Benign lesion", 1),
         ("Malignant lesion", 2),
     ]
+    for segment, label in zip(segmentation["segments"], VOCABULARY.lesions):
+        terminology = segment["terminology"]
+        assert terminology["type"] == [label.type.scheme, label.type.value, label.type.meaning]
+        assert terminology["category"] == ["SCT", "49755003", "Morphologically Altered Structure"]
+        assert terminology["anatomicRegion"] == ["SCT", "76752008", "Breast"]
+        np.testing.assert_allclose(segment["color"], np.asarray(label.color) / 255, atol=1e-3)
     assert segmentation["segments"][1]["terminology"]["type"] == ["SCT", "86049000", "Malignant neoplasm, primary"]
     np.testing.assert_array_equal(segmentation["voxels"][:, :, 0].T, result.labels[0])
     np.testing.assert_allclose(segmentation["ijkToLPS"], np.eye(4))
@@ -121,6 +135,30 @@ def test_nrrd_input_default_seg_nrrd_geometry(tmp_path):
     np.testing.assert_allclose(slicerio.read_segmentation(str(paths[0]))["ijkToLPS"], expected, atol=1e-6)
 
 
+def _assert_segments_from_vocabulary(seg: pydicom.Dataset) -> None:
+    """Every segment has the vocabulary's name, codes and recommended display colour."""
+    assert len(seg.SegmentSequence) == len(VOCABULARY.lesions)
+    for description, label in zip(seg.SegmentSequence, VOCABULARY.lesions):
+        assert description.SegmentNumber == label.value
+        assert description.SegmentLabel == label.name
+        (category,) = description.SegmentedPropertyCategoryCodeSequence
+        (kind,) = description.SegmentedPropertyTypeCodeSequence
+        assert (category.CodingSchemeDesignator, category.CodeValue, category.CodeMeaning) == (
+            "SCT",
+            "49755003",
+            "Morphologically Altered Structure",
+        )
+        assert (kind.CodingSchemeDesignator, kind.CodeValue, kind.CodeMeaning) == (
+            label.type.scheme,
+            label.type.value,
+            label.type.meaning,
+        )
+        assert description.AnatomicRegionSequence[0].CodeValue == VOCABULARY.anatomic_region.value
+        assert description.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == VOCABULARY.algorithm_name
+        shown = hd.color.CIELabColor.from_dicom_value(description.RecommendedDisplayCIELabValue).to_rgb()
+        np.testing.assert_allclose(shown, label.color, atol=2)
+
+
 @needs_dicom
 @pytest.mark.parametrize("name", ["US1_UNCR.dcm", "ExplVR_BigEnd.dcm"])
 def test_dicom_seg_single_frame(tmp_path, name):
@@ -130,40 +168,93 @@ def test_dicom_seg_single_frame(tmp_path, name):
     paths = write_outputs(result, tmp_path / Path(name).stem, default_formats(image))
     seg = hd.seg.segread(paths[0])
     assert paths[0].name == f"{Path(name).stem}_seg.dcm"
-    assert seg.SegmentationType == "BINARY" and seg.NumberOfFrames == len(SEGMENTS)
+    assert seg.SegmentationType == "BINARY" and seg.NumberOfFrames == len(VOCABULARY.lesions)
     assert image.source.SOPInstanceUID in [uid for _, _, uid in seg.get_source_image_uids()]
     assert seg.StudyInstanceUID == image.source.StudyInstanceUID
-    for description, info in zip(seg.SegmentSequence, SEGMENTS):
-        assert description.SegmentLabel == info.name
-        assert description.SegmentedPropertyTypeCodeSequence[0].CodeValue == info.type_code[1]
-        assert description.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
-        assert description.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "BUSI residual U-Net"
+    assert "PatientOrientation" in seg  # Type 2C: the source has no patient geometry
+    _assert_segments_from_vocabulary(seg)
     np.testing.assert_array_equal(seg.pixel_array, np.stack([result.labels[0] == 1, result.labels[0] == 2]))
 
 
 @needs_dicom
-def test_dicom_seg_multiframe_cine_one_instance_per_frame(tmp_path):
+def test_dicom_seg_cine_is_one_multiframe_instance(tmp_path):
     image = read_image(DICOM_DIR / "examples_ybr_color.dcm")
+    assert image.num_frames == 30
     result = _result(image, frames_with_lesions=(0, 17))
     paths = write_outputs(result, tmp_path / "cine", ["dicom-seg"])
-    seg_paths = [path for path in paths if path.suffix == ".dcm"]
-    assert [path.name for path in seg_paths] == [f"cine_seg_f{frame:04d}.dcm" for frame in range(30)]
-    series = set()
+    assert [path.name for path in paths if path.suffix == ".dcm"] == ["cine_seg.dcm"]
+    assert sorted(path.name for path in tmp_path.glob("*.dcm")) == ["cine_seg.dcm"]
+
+    seg = hd.seg.segread(paths[0])
+    segments = len(VOCABULARY.lesions)
+    assert seg.NumberOfFrames == 30 * segments
+    assert seg.SOPClassUID == pydicom.uid.SegmentationStorage
+    _assert_segments_from_vocabulary(seg)
+    # Every SEG frame names its source frame (a US Multi-frame image) and the segment it holds.
+    source_frames = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        (reference,) = item.DerivationImageSequence[0].SourceImageSequence
+        assert reference.ReferencedSOPInstanceUID == image.source.SOPInstanceUID
+        assert reference.ReferencedSOPClassUID == pydicom.uid.UltrasoundMultiFrameImageStorage
+        segment = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
+        source_frames.append((segment, reference.ReferencedFrameNumber))
+    assert sorted(source_frames) == [(s, f) for s in range(1, segments + 1) for f in range(1, 31)]
+    # highdicom reads the masks back by source frame.
     for frame in (0, 5, 17, 29):
-        seg = pydicom.dcmread(seg_paths[frame])
-        hd.seg.Segmentation.from_dataset(seg)
-        series.add(seg.SeriesInstanceUID)
-        assert seg.InstanceNumber == frame + 1
-        source = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
-        assert source.ReferencedSOPInstanceUID == image.source.SOPInstanceUID
-        assert source.ReferencedSOPClassUID == image.source.SOPClassUID
-        assert source.ReferencedFrameNumber == frame + 1
-        masks = seg.pixel_array.reshape(len(SEGMENTS), *image.frame_shape)
-        np.testing.assert_array_equal(masks, np.stack([result.labels[frame] == 1, result.labels[frame] == 2]))
-    assert len(series) == 1
+        masks = seg.get_pixels_by_source_frame(
+            image.source.SOPInstanceUID, source_frame_numbers=[frame + 1], assert_missing_frames_are_empty=False
+        )
+        expected = np.stack([result.labels[frame] == label.value for label in VOCABULARY.lesions], axis=-1)
+        np.testing.assert_array_equal(masks[0], expected)
     # The source dataset is left as it was (the SEG is built from a copy).
     assert image.source.SOPClassUID == pydicom.uid.UltrasoundMultiFrameImageStorage
     assert image.source.NumberOfFrames == 30
+
+
+@needs_dicom
+def test_dicom_seg_of_single_frame_class_with_two_frames(tmp_path):
+    """OBXXXX1A_2frame.dcm is an Ultrasound Image (a single-frame SOP class) holding two frames."""
+    image = read_image(DICOM_DIR / "OBXXXX1A_2frame.dcm")
+    assert image.source.SOPClassUID == pydicom.uid.UltrasoundImageStorage and image.num_frames == 2
+    result = _result(image, frames_with_lesions=(1,))
+    paths = write_outputs(result, tmp_path / "ob", ["dicom-seg"])
+    seg = pydicom.dcmread(paths[0])
+    assert seg.NumberOfFrames == 2 * len(VOCABULARY.lesions)
+    positions = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        (reference,) = item.DerivationImageSequence[0].SourceImageSequence
+        # DICOM forbids Referenced Frame Number for a single-frame SOP class; the temporal position tells frames apart.
+        assert "ReferencedFrameNumber" not in reference
+        assert reference.ReferencedSOPClassUID == pydicom.uid.UltrasoundImageStorage
+        positions.append(item.FrameContentSequence[0].TemporalPositionIndex)
+    masks = seg.pixel_array.reshape(len(VOCABULARY.lesions), 2, *image.frame_shape)
+    for segment, label in enumerate(VOCABULARY.lesions):
+        for frame in range(2):
+            assert positions[segment * 2 + frame] == frame + 1
+            np.testing.assert_array_equal(masks[segment, frame], result.labels[frame] == label.value)
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    """The error lines dciodvfy reports for ``path`` (it writes its findings to stderr)."""
+    checked = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+
+
+@needs_dicom
+@needs_dciodvfy
+@pytest.mark.parametrize("name", sorted(path.name for path in DICOM_DIR.glob("*.dcm")) if DICOM_DIR.is_dir() else [])
+def test_dicom_seg_passes_dciodvfy(tmp_path, name):
+    try:
+        image = read_image(DICOM_DIR / name)
+    except ImageReadError as error:
+        pytest.skip(f"not an image the reader reads: {error}")
+    result = _result(image, frames_with_lesions=sorted({0, image.num_frames - 1}))
+    paths = write_outputs(result, tmp_path / Path(name).stem, ["dicom-seg"])
+    (seg_path,) = [path for path in paths if path.suffix == ".dcm"]
+    assert _dciodvfy_errors(seg_path) == []
+    seg = pydicom.dcmread(seg_path)
+    assert seg.NumberOfFrames == image.num_frames * len(VOCABULARY.lesions)
+    _assert_segments_from_vocabulary(seg)
 
 
 @needs_dicom

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -17,8 +18,12 @@ INFERENCE_CONFIG = Path("configs") / "inference.json"
 
 
 def bundle_candidates() -> list[Path]:
-    """Folders searched for the bundle, in order: ``$BUSI_BUNDLE_DIR``, the module's resources, the source tree."""
+    """Folders searched for the bundle, in order: ``$BUSI_BUNDLE_DIR``, the module's resources, the source tree, and
+    the ``busi_bundle`` package that ``pip install`` of this project puts beside the Lib."""
     candidates = [MODULE_DIR / "Resources" / "monai_bundle", MODULE_DIR.parent / "monai_bundle"]
+    installed = importlib.util.find_spec("busi_bundle")
+    if installed is not None and installed.submodule_search_locations:
+        candidates.append(Path(next(iter(installed.submodule_search_locations))))
     if os.environ.get(BUNDLE_DIR_ENV):
         candidates.insert(0, Path(os.environ[BUNDLE_DIR_ENV]))
     return candidates
@@ -57,10 +62,12 @@ def build_command(
     device: str = "auto",
     tta: bool = False,
 ) -> list[str]:
-    """Command line that runs the bundle inference on one file and writes a Slicer segmentation and lesion table.
+    """Command line that runs the bundle inference on one file and writes a label map and lesion table.
 
-    For ``<folder>/<stem>.nrrd`` the bundle writes ``<output_dir>/<stem>_seg.seg.nrrd`` and
-    ``<output_dir>/<stem>_lesions.json`` and prints ``PROGRESS <done> <total>`` once per frame.
+    The bundle writes the files that :func:`BUSISegmentationLib.volume_io.result_paths` names: a NIfTI label map
+    (0 background, 1 benign, 2 malignant) in the input's geometry and the lesion table. It prints
+    ``PROGRESS <done> <total>`` once per frame and ``ERROR <message>`` when the input cannot be segmented. No
+    overlay picture is asked for: 3D Slicer shows the segmentation itself.
 
     Args:
         python_executable: Python that has MONAI and torch (``PythonSlicer`` inside 3D Slicer).
@@ -82,7 +89,9 @@ def build_command(
         "--bundle_root", bundle_dir.as_posix(),
         "--input_files", _list_argument([Path(input_file).as_posix()]),
         "--output_dir", Path(output_dir).as_posix(),
-        "--formats", _list_argument(["seg.nrrd"]),
+        # A plain label map: its values are the vocabulary's label values, so no segment names need matching.
+        "--formats", _list_argument(["nifti"]),
+        "--overlays", "False",
         "--tta", "True" if tta else "False",
         "--progress", "lines",
     ]  # fmt: skip

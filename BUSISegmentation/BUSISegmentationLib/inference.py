@@ -70,7 +70,7 @@ class SegmentationOutput:
     Args:
         labels: ``(frames, rows, columns)`` uint8: 0 background, 1 benign lesion, 2 malignant lesion.
         lesions: one dict per lesion as the bundle's lesion table has it (``frame``, ``class_name``,
-            ``confidence``, ``area_mm2``, ...).
+            ``confidence``, ``area_px``, ``area_mm2``, ...).
     """
 
     labels: np.ndarray
@@ -83,7 +83,8 @@ class BundleRun:
     Args:
         array: ``(frames, rows, columns)`` or ``(frames, rows, columns, 3 or 4)`` pixels, as 3D Slicer's
             ``arrayFromVolume`` gives them.
-        spacing: pixel size in mm along columns, rows and frames.
+        spacing: pixel size in mm along columns, rows and frames; None when the image has none (a picture): the
+            bundle then gives lesion areas in pixels only (``area_mm2`` None).
         origin: LPS position of the first pixel in mm.
         direction: 3x3 LPS directions of the column, row and frame axes (as columns); None for identity.
         config: how to run the bundle.
@@ -94,7 +95,7 @@ class BundleRun:
     def __init__(
         self,
         array: np.ndarray,
-        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
         origin: Sequence[float] = (0.0, 0.0, 0.0),
         direction: np.ndarray | None = None,
         config: RunConfig | None = None,
@@ -194,7 +195,7 @@ class BundleRun:
 
 def segment_array(
     array: np.ndarray,
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
     origin: Sequence[float] = (0.0, 0.0, 0.0),
     direction: np.ndarray | None = None,
     device: str = "auto",
@@ -210,7 +211,8 @@ def segment_array(
 
     Args:
         array: ``(frames, rows, columns)`` or ``(frames, rows, columns, 3 or 4)`` pixels.
-        spacing: pixel size in mm along columns, rows and frames.
+        spacing: pixel size in mm along columns, rows and frames; None when the image has none (a picture): the
+            bundle then gives lesion areas in pixels only (``area_mm2`` None).
         origin: LPS position of the first pixel in mm.
         direction: 3x3 LPS directions of the column, row and frame axes (as columns); None for identity.
         device: "auto", "cpu" or "cuda".

@@ -1,4 +1,4 @@
-"""Files exchanged with the bundle: the input image as NRRD, the segmentation and lesion table it writes.
+"""Files exchanged with the bundle: the input image as NRRD, the label map (NIfTI) and lesion table it writes.
 
 Arrays are indexed as 3D Slicer's ``arrayFromVolume`` gives them: ``(frames, rows, columns)`` for scalar images and
 ``(frames, rows, columns, components)`` for colour. Geometry is given in the order of the file axes (column, row,
@@ -14,9 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .labels import load_label_descriptions
 
-__all__ = ["read_result", "result_paths", "write_input"]
+__all__ = [
+    "PICTURE_SUFFIXES",
+    "lesion_area_text",
+    "pixel_size_is_known",
+    "read_result",
+    "result_paths",
+    "write_input",
+]
+
+# Picture formats: 3D Slicer loads them with 1 mm pixels, a size the file does not give.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 _COLOUR_KINDS = {3: "RGB-color", 4: "RGBA-color"}
 _NRRD_DTYPES = (
@@ -42,33 +51,10 @@ def _check_array(array: np.ndarray) -> None:
         raise ValueError(f"array of type {array.dtype} cannot be written to NRRD; use an integer or float type")
 
 
-def write_input(
-    array: np.ndarray,
-    spacing: Sequence[float],
-    origin: Sequence[float],
-    direction: np.ndarray | Sequence[Sequence[float]] | None,
-    path: str | Path,
-) -> Path:
-    """Write an image or a stack of frames to an NRRD file the bundle reads, pixel values unchanged.
-
-    Colour stays colour (an ``RGB-color`` component axis): converting it to grey is the bundle's preprocessing.
-
-    Args:
-        array: ``(frames, rows, columns)`` or ``(frames, rows, columns, 3 or 4)`` pixels.
-        spacing: pixel size in mm along the column, row and frame axes (3D Slicer's ``GetSpacing()`` order).
-        origin: LPS position in mm of the first pixel.
-        direction: 3x3 matrix whose columns are the LPS unit directions of the column, row and frame axes;
-            None for identity.
-        path: the ``.nrrd`` file to write; its folder is created.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        ValueError: the array shape, pixel type or geometry is not usable; the message names the value.
-    """
-    array = np.asarray(array)
-    _check_array(array)
+def _geometry_header(
+    spacing: Sequence[float], origin: Sequence[float], direction: np.ndarray | Sequence[Sequence[float]] | None
+) -> dict:
+    """NRRD space fields for the column, row and frame axes."""
     spacing = _vector(spacing, "spacing")
     if np.any(spacing <= 0):
         raise ValueError(f"spacing must be positive, got {tuple(spacing)}")
@@ -79,19 +65,50 @@ def write_input(
     if np.any(np.linalg.norm(direction, axis=0) == 0) or math.isclose(np.linalg.det(direction), 0.0, abs_tol=1e-9):
         raise ValueError(f"direction {direction.tolist()} does not span three independent axes")
     axes = direction / np.linalg.norm(direction, axis=0) * spacing  # columns scaled by spacing
-    space_directions = [list(axes[:, axis]) for axis in range(3)]
+    return {
+        "space": "left-posterior-superior",
+        "space directions": [list(axes[:, axis]) for axis in range(3)],
+        "space origin": list(origin),
+    }
+
+
+def write_input(
+    array: np.ndarray,
+    spacing: Sequence[float] | None,
+    origin: Sequence[float],
+    direction: np.ndarray | Sequence[Sequence[float]] | None,
+    path: str | Path,
+) -> Path:
+    """Write an image or a stack of frames to an NRRD file the bundle reads, pixel values unchanged.
+
+    Colour stays colour (an ``RGB-color`` component axis): converting it to grey is the bundle's preprocessing.
+
+    Args:
+        array: ``(frames, rows, columns)`` or ``(frames, rows, columns, 3 or 4)`` pixels.
+        spacing: pixel size in mm along the column, row and frame axes (3D Slicer's ``GetSpacing()`` order);
+            None when the image has no physical pixel size (see :func:`pixel_size_is_known`). The file then has no
+            space fields, like a picture, and the bundle gives lesion areas in pixels only.
+        origin: LPS position in mm of the first pixel; not used when ``spacing`` is None.
+        direction: 3x3 matrix whose columns are the LPS unit directions of the column, row and frame axes;
+            None for identity; not used when ``spacing`` is None.
+        path: the ``.nrrd`` file to write; its folder is created.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: the array shape, pixel type or geometry is not usable; the message names the value.
+    """
+    array = np.asarray(array)
+    _check_array(array)
+    header = {} if spacing is None else _geometry_header(spacing, origin, direction)
     kinds = ["domain"] * 3
     if array.ndim == 4:
-        space_directions.insert(0, [math.nan] * 3)
         kinds.insert(0, _COLOUR_KINDS[array.shape[3]])
-    header = {
-        "space": "left-posterior-superior",
-        "space directions": space_directions,
-        "space origin": list(origin),
-        "kinds": kinds,
-        # A temporary file read once: compression would only cost time.
-        "encoding": "raw",
-    }
+        if header:
+            header["space directions"].insert(0, [math.nan] * 3)
+    header["kinds"] = kinds
+    header["encoding"] = "raw"  # a temporary file read once: compression would only cost time
     # pynrrd is imported here so that the module loads before the Python dependencies are installed.
     import nrrd
 
@@ -102,52 +119,27 @@ def write_input(
 
 
 def result_paths(output_dir: str | Path, input_stem: str) -> tuple[Path, Path]:
-    """The segmentation (``<stem>_seg.seg.nrrd``) and lesion table (``<stem>_lesions.json``) of one input."""
+    """The label map (``<stem>_seg.nii.gz``) and lesion table (``<stem>_lesions.json``) the bundle writes for one input
+    when asked for the ``nifti`` format."""
     output_dir = Path(output_dir)
-    return output_dir / f"{input_stem}_seg.seg.nrrd", output_dir / f"{input_stem}_lesions.json"
+    return output_dir / f"{input_stem}_seg.nii.gz", output_dir / f"{input_stem}_lesions.json"
 
 
-def _segments(header: dict) -> list[tuple[str, int, int]]:
-    """(name, label value, layer) of each segment described in a Slicer ``.seg.nrrd`` header."""
-    segments = []
-    index = 0
-    while f"Segment{index}_LabelValue" in header:
-        name = header.get(f"Segment{index}_Name", "")
-        segments.append((name, int(header[f"Segment{index}_LabelValue"]), int(header.get(f"Segment{index}_Layer", 0))))
-        index += 1
-    return segments
+def _read_label_map(path: Path) -> np.ndarray:
+    """``(frames, rows, columns)`` uint8 labels of the bundle's NIfTI label map.
 
+    The bundle stores the labels in the voxel order of its input (column, row, frame), so no resampling is needed;
+    the RAS affine it writes is the input's geometry, which the caller already has.
+    """
+    # nibabel is imported here so that the module loads before the Python dependencies are installed.
+    import nibabel
 
-def _read_labels(path: Path, shape: Sequence[int] | None) -> np.ndarray:
-    import nrrd
-
-    data, header = nrrd.read(str(path), index_order="C")
+    data = np.asanyarray(nibabel.load(str(path)).dataobj)
+    if not np.issubdtype(data.dtype, np.integer) or data.ndim not in (2, 3) or data.min() < 0 or data.max() > 255:
+        raise ValueError(f"{path}: not a 2D or 3D label map of values 0-255 (type {data.dtype}, shape {data.shape})")
     if data.ndim == 2:
-        data = data[np.newaxis]
-    # A Slicer segmentation with overlapping segments stores layers along its first file axis (last here).
-    layers = data if data.ndim == 4 else data[..., np.newaxis]
-    segments = _segments(header)
-    if segments:
-        # Segments are matched by name, so the labels follow labels.csv whatever values the file uses.
-        values = {description.name: description.value for description in load_label_descriptions()}
-        labels = np.zeros(layers.shape[:3], dtype=np.uint8)
-        for name, label_value, layer in segments:
-            labels[layers[..., layer] == label_value] = values.get(name, label_value)
-    else:
-        labels = layers[..., 0].astype(np.uint8)
-    if shape is None or tuple(labels.shape) == tuple(shape):
-        return labels
-    # Slicer may crop a segmentation to its content; the offset says where the stored box lies.
-    offset_ijk = [int(v) for v in str(header.get("Segmentation_ReferenceImageExtentOffset", "0 0 0")).split()]
-    start = offset_ijk[::-1]  # (frame, row, column)
-    stop = [begin + size for begin, size in zip(start, labels.shape)]
-    if any(end > limit for end, limit in zip(stop, shape)):
-        raise ValueError(
-            f"{path}: segmentation of shape {labels.shape} at {start} does not fit the input {tuple(shape)}"
-        )
-    full = np.zeros(tuple(shape), dtype=np.uint8)
-    full[tuple(slice(begin, end) for begin, end in zip(start, stop))] = labels
-    return full
+        data = data[..., np.newaxis]  # the bundle writes a one-frame input as a 2D image
+    return np.ascontiguousarray(np.transpose(data, (2, 1, 0)), dtype=np.uint8)
 
 
 def read_result(
@@ -158,7 +150,7 @@ def read_result(
     Args:
         output_dir: the bundle's output folder.
         input_stem: file name of the input without its suffix.
-        shape: ``(frames, rows, columns)`` of the input; a segmentation cropped to its content is put back in place.
+        shape: ``(frames, rows, columns)`` of the input, to check the label map against; None to skip the check.
 
     Returns:
         ``(labels, lesions)``: ``(frames, rows, columns)`` uint8 labels (0 background, 1 benign lesion,
@@ -167,13 +159,46 @@ def read_result(
 
     Raises:
         FileNotFoundError: a result file is missing.
-        ValueError: the segmentation does not fit ``shape``.
+        ValueError: the label map is not an integer image, or its shape is not ``shape``.
     """
-    segmentation_path, lesions_path = result_paths(output_dir, input_stem)
-    for path in (segmentation_path, lesions_path):
+    label_map_path, lesions_path = result_paths(output_dir, input_stem)
+    for path in (label_map_path, lesions_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the bundle did not write this result file")
-    labels = _read_labels(segmentation_path, shape)
+    labels = _read_label_map(label_map_path)
+    if shape is not None and tuple(labels.shape) != tuple(shape):
+        raise ValueError(f"{label_map_path}: label map of shape {labels.shape} does not match the input {tuple(shape)}")
     with open(lesions_path, encoding="utf-8") as stream:
         lesions = json.load(stream)
     return labels, lesions
+
+
+def pixel_size_is_known(
+    spacing: Sequence[float], file_name: str | None = None, dicom_pixel_spacing: str | None = None
+) -> bool:
+    """Whether the spacing of an image loaded in 3D Slicer is its real pixel size, not the 1 mm Slicer gives images
+    whose file does not say.
+
+    Args:
+        spacing: column and row (and frame) spacing of the loaded volume in mm.
+        file_name: file the volume was loaded from, when it was loaded from a file.
+        dicom_pixel_spacing: for a volume loaded from DICOM, the Pixel Spacing or Imager Pixel Spacing value of its
+            first instance ("" when it has neither); None for other volumes.
+    """
+    if not all(math.isclose(value, 1.0) for value in spacing[:2]):
+        return True  # only the default 1 mm can have been made up
+    if dicom_pixel_spacing is not None:
+        return bool(dicom_pixel_spacing.strip())
+    if file_name:
+        return not file_name.lower().endswith(PICTURE_SUFFIXES)
+    return True  # made in the scene, or read from a format that stores geometry (NRRD, NIfTI, MetaImage)
+
+
+def lesion_area_text(lesion: dict) -> str:
+    """Area of a lesion of the bundle's lesion table with its unit: mm² when the image has a pixel size, else
+    pixels (the bundle leaves ``area_mm2`` empty then)."""
+    if lesion.get("area_mm2") is not None:
+        return f"{lesion['area_mm2']:.1f} mm²"
+    if lesion.get("area_px") is not None:
+        return f"{int(lesion['area_px'])} px"
+    return "unknown"

@@ -1,7 +1,10 @@
-"""Evaluate the bundle's inference on a labelled split: per-image CSV, summary with 95 % bootstrap intervals, plots.
+"""Evaluate the bundle's inference on labelled images: per-image CSV, summary with 95 % bootstrap intervals, plots.
 
 Predictions are made exactly as by the inference workflow (same runner, same pre- and postprocessing) and compared
 with the ground truth at each image's original size. See :mod:`scripts.metrics` for how each metric is defined.
+
+Out of fold: given the weights of each cross-validation fold, every image is segmented by the network of the fold
+that held it out, so every usable image is scored by a model that never trained on it or on a duplicate of it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from scripts.inference import SegmentationRunner
+from scripts.inference import BatchSegmentation
+from scripts.labels import load_vocabulary
 from scripts.metrics import bootstrap_ci, image_metrics
 from scripts.reader import read_image
 from scripts.writers import overlay_picture
@@ -23,7 +27,6 @@ from scripts.writers import overlay_picture
 __all__ = ["Evaluation", "summarise"]
 
 logger = logging.getLogger(__name__)
-CLASS_NAMES = ["normal", "benign", "malignant"]
 
 
 def _mean_with_ci(values: list[float], samples: int, seed: int) -> dict:
@@ -35,6 +38,7 @@ def _mean_with_ci(values: list[float], samples: int, seed: int) -> dict:
 
 def summarise(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict:
     """Summary metrics of per-image rows from :func:`scripts.metrics.image_metrics`."""
+    class_names = load_vocabulary().class_names
     lesion = [r for r in rows if r["true_class"] > 0]
     normal = [r for r in rows if r["true_class"] == 0]
     of = lambda subset, key: [r[key] for r in subset]  # noqa: E731
@@ -48,7 +52,7 @@ def summarise(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict:
         confusion[r["true_class"], r["predicted_class"]] += 1
     return {
         "images": len(rows),
-        "images_per_class": {name: sum(r["true_class"] == c for r in rows) for c, name in enumerate(CLASS_NAMES)},
+        "images_per_class": {name: sum(r["true_class"] == c for r in rows) for c, name in enumerate(class_names)},
         "lesion_dice": _mean_with_ci(of(lesion, "lesion_dice"), samples, seed),
         "lesion_iou": _mean_with_ci(of(lesion, "lesion_iou"), samples, seed),
         "lesion_precision": _mean_with_ci(of(lesion, "lesion_precision"), samples, seed),
@@ -73,7 +77,7 @@ def summarise(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict:
         },
         "pixel_accuracy": _mean_with_ci(of(rows, "pixel_accuracy"), samples, seed),
         "mean_iou_with_background": _mean_with_ci(of(rows, "mean_iou_with_background"), samples, seed),
-        "confusion_matrix": {"rows_true_cols_predicted": CLASS_NAMES, "counts": confusion.tolist()},
+        "confusion_matrix": {"rows_true_cols_predicted": class_names, "counts": confusion.tolist()},
     }
 
 
@@ -81,9 +85,13 @@ class Evaluation:
     """Run the inference on labelled images and write ``per_image.csv``, ``summary.json`` and PNG figures.
 
     Args:
-        runner: the bundle's inference runner (its ``predict`` is used, nothing is written by it).
-        datalist: items with ``image`` (path), ``label`` (label-map PNG, 0/1/2) and ``name``.
+        runner: the bundle's inference (its ``segment`` is used, nothing is written by it).
+        datalist: items with ``image`` (path), ``label`` (label-map PNG, 0/1/2), ``name`` and, out of fold, ``fold``.
         output_dir: where the results go.
+        fold_weights: weights of each fold's network, by fold; each item is then segmented by the network of its
+            fold. None segments every item with the runner's own weights.
+        eval_folds: the folds whose items are evaluated (default: all of ``fold_weights``); lets a partly
+            trained cross-validation be scored on the folds that are done.
         training_log_dir: TensorBoard folder of the training run, for the training-curve figure (optional).
         bootstrap_samples: resamples for the 95 % intervals.
         examples: images shown in the example grid.
@@ -92,17 +100,25 @@ class Evaluation:
 
     def __init__(
         self,
-        runner: SegmentationRunner,
+        runner: BatchSegmentation,
         datalist: list[dict],
         output_dir: str,
+        fold_weights: list[str] | None = None,
+        eval_folds: list[int] | None = None,
         training_log_dir: str | None = None,
         bootstrap_samples: int = 1000,
         examples: int = 6,
         seed: int = 0,
     ) -> None:
+        if fold_weights is not None:
+            eval_folds = list(range(len(fold_weights))) if eval_folds is None else list(eval_folds)
+            if missing := [str(fold_weights[k]) for k in eval_folds if not Path(fold_weights[k]).is_file()]:
+                raise FileNotFoundError(f"fold weights not found: {', '.join(missing)}")
+            datalist = sorted((item for item in datalist if item["fold"] in eval_folds), key=lambda i: i["fold"])
         if not datalist:
             raise ValueError("the evaluation datalist is empty")
         self.runner = runner
+        self.fold_weights = fold_weights
         self.datalist = datalist
         self.output_dir = Path(output_dir)
         self.training_log_dir = training_log_dir
@@ -117,11 +133,14 @@ class Evaluation:
         rng = np.random.default_rng(self.seed)
         show = set(rng.choice(len(self.datalist), size=min(self.examples, len(self.datalist)), replace=False).tolist())
         for index, item in enumerate(self.datalist):
+            if self.fold_weights is not None:
+                self.runner.use_checkpoint(self.fold_weights[item["fold"]])
             image = read_image(item["image"])
             with Image.open(item["label"]) as pil:
                 truth = np.asarray(pil, dtype=np.uint8)
-            prediction = self.runner.predict(image).labels[0]
-            rows.append({"name": item.get("name", Path(item["image"]).name), **image_metrics(prediction, truth)})
+            prediction = self.runner.segment(image).labels[0]
+            name = item.get("name", Path(item["image"]).name)
+            rows.append({"name": name, "fold": item.get("fold", ""), **image_metrics(prediction, truth)})
             if index in show:
                 shown.append((rows[-1]["name"], image.frames[0], truth, prediction))
         summary = summarise(rows, self.bootstrap_samples, self.seed)
@@ -157,8 +176,9 @@ class Evaluation:
         axes.imshow(counts, cmap="Blues")
         for (i, j), value in np.ndenumerate(counts):
             axes.text(j, i, str(value), ha="center", va="center", color="black")
-        axes.set_xticks(range(3), CLASS_NAMES)
-        axes.set_yticks(range(3), CLASS_NAMES)
+        class_names = load_vocabulary().class_names
+        axes.set_xticks(range(len(class_names)), class_names)
+        axes.set_yticks(range(len(class_names)), class_names)
         axes.set_xlabel("predicted")
         axes.set_ylabel("true")
         axes.set_title("image-level class")

@@ -1,9 +1,11 @@
 """Segment every image of a folder (or a list of files) and write label maps, lesion tables and overlays.
 
-Every frame goes through the bundle's ``preprocessing`` (the same intensity scaling and resizing as training), the
-network, and the bundle's ``postprocessing`` (softmax, resizing back to the frame's size, one class per lesion).
-A file that cannot be read or written is reported on one line and skipped; the others are still done, and the run
-ends with a non-zero exit code.
+:meth:`BatchSegmentation.segment` is the core every front end shares: each frame goes through the bundle's
+``preprocessing`` (the intensity scaling and resizing of training), its ``inferer`` (network, test-time flipping,
+ensemble: class probabilities) and its ``postprocessing`` (lesions found at network resolution, then brought to the
+frame's size). :meth:`BatchSegmentation.run` is the batch job around it: it reads the next file and writes the
+previous one in background threads while the network works. A file that cannot be read or written is reported on
+one line and skipped; the others are still done, and the run ends with a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -18,29 +20,52 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
-from tqdm import tqdm
 
+from scripts.progress import ProgressReporter, make_progress
 from scripts.reader import ImageReadError, UltrasoundImage, is_supported, read_image
-from scripts.writers import SegmentationResult, default_formats, write_outputs
+from scripts.writers import (
+    SUPPORTED_FORMATS,
+    SegmentationResult,
+    applicable_formats,
+    default_formats,
+    remove_earlier_outputs,
+    write_outputs,
+)
 
-__all__ = ["SegmentationRunner", "find_inputs", "output_stem"]
+__all__ = ["BatchSegmentation", "find_inputs", "input_datalist", "output_stem"]
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("png", "nifti", "seg.nrrd", "dicom-seg")
-
 
 def find_inputs(
-    input_dir: str | Path | Sequence[str | Path] | None, input_files: Sequence[str | Path] = ()
+    input_dir: str | Path | Sequence[str | Path] | None,
+    input_files: Sequence[str | Path] = (),
+    exclude: str | Path | None = None,
 ) -> list[tuple[Path, Path]]:
-    """(file, root) pairs: the given files, then every supported file under the input folder(s), sorted."""
+    """(file, root) pairs: the given files, then every supported file under the input folder(s), sorted.
+
+    Args:
+        input_dir: folder or folders searched recursively; None for none.
+        input_files: single files.
+        exclude: a folder whose contents are never inputs (the output folder, which may lie inside an input folder).
+    """
     found = [(Path(f), Path(f).parent) for f in input_files]
+    excluded = Path(exclude).resolve() if exclude is not None else None
     folders = [input_dir] if isinstance(input_dir, (str, Path)) else list(input_dir or ())
     for folder in map(Path, folders):
         if not folder.is_dir():
             raise SystemExit(f"{folder}: input folder does not exist")
-        found += [(p, folder) for p in sorted(folder.rglob("*")) if p.is_file() and is_supported(p)]
+        for path in sorted(folder.rglob("*")):
+            if excluded is not None and (excluded == path.resolve() or excluded in path.resolve().parents):
+                continue
+            if path.is_file() and is_supported(path):
+                found.append((path, folder))
     return found
+
+
+def input_datalist(input_dir: str | None, input_files: Sequence[str] = ()) -> list[dict]:
+    """``[{"image": path}, ...]`` of the inputs, for MONAI's ``Dataset`` in tools that run the bundle by its ids."""
+    return [{"image": str(path)} for path, _ in find_inputs(input_dir, input_files)]
 
 
 def output_stem(path: Path, root: Path, output_dir: Path) -> Path:
@@ -50,63 +75,62 @@ def output_stem(path: Path, root: Path, output_dir: Path) -> Path:
     return output_dir / relative.parent / name
 
 
-class SegmentationRunner:
-    """The bundle's inference: read, preprocess, infer, postprocess and write, file by file.
+class BatchSegmentation:
+    """The bundle's inference: :meth:`segment` one image, or :meth:`run` over files and write the results.
 
     Args:
-        network: the segmentation network (on ``device``).
-        preprocessing: dictionary transform applied to ``{"image": (1, H, W) frame}``.
-        postprocessing: dictionary transform turning ``"pred"`` logits into a label map (``"pred"``) and a lesion
-            list (``"pred_lesions"``); it may invert ``preprocessing`` using the ``"image"`` entry.
-        inferer: how the network is applied to a batch of frames.
-        output_dir: where results go; must not be inside ``input_dir``.
+        network: the network (on ``device``), or an ``nn.ModuleList`` of networks for an ensemble.
+        preprocessing: dictionary transform of ``{"image": (1, H, W) frame}`` (a path is read by its first step).
+        inferer: turns a batch of preprocessed frames into class probabilities.
+        postprocessing: dictionary transform turning ``"pred"`` probabilities into a label map (``"pred"``) and a
+            lesion list (``"pred_lesions"``) at the frame's size, using the ``"image"`` entry's metadata.
+        output_dir: where results go.
         input_dir: folder (or folders) searched recursively for images; None when only ``input_files`` are given.
         input_files: single files to segment.
         checkpoint: weights to load (a state dict), None when the network is already loaded.
-        formats: "auto" (each input's default, e.g. PNG for pictures, DICOM SEG for DICOM) or a list of
-            "png", "nifti", "seg.nrrd", "dicom-seg".
+        formats: "auto" (each input's default, e.g. PNG for pictures, DICOM SEG for DICOM) or a comma-separated
+            string or list of :data:`scripts.writers.SUPPORTED_FORMATS`.
+        overlays: also write an overlay picture per input.
         device: torch device of the network.
-        tta: average the probabilities of the image and its horizontal mirror.
         batch_size: frames per forward pass.
-        progress: "bar" (tqdm), "lines" (``PROGRESS done total`` lines on stdout for programs, counting frames
-            for a single input and files for several) or "none".
+        progress: "bar", "lines" or "none" (see :mod:`scripts.progress`); a single input counts frames, several
+            inputs count files.
     """
 
     def __init__(
         self,
         network: torch.nn.Module,
         preprocessing: Callable[[dict], dict],
-        postprocessing: Callable[[dict], dict],
         inferer: Inferer,
+        postprocessing: Callable[[dict], dict],
         output_dir: str,
         input_dir: str | Sequence[str] | None = None,
         input_files: Sequence[str] = (),
         checkpoint: str | None = None,
         formats: str | Sequence[str] = "auto",
+        overlays: bool | str = True,
         device: torch.device | str = "cpu",
-        tta: bool | str = False,
         batch_size: int = 8,
         progress: str = "bar",
     ) -> None:
         if isinstance(formats, str) and formats != "auto":
-            formats = [f.strip() for f in formats.split(",")]
-        unknown = [] if formats == "auto" else sorted(set(formats) - set(FORMATS))
+            formats = [f.strip() for f in formats.split(",") if f.strip()]
+        unknown = [] if formats == "auto" else sorted(set(formats) - set(SUPPORTED_FORMATS))
         if unknown:
-            raise ValueError(f"unknown output format(s) {unknown}; choose from {list(FORMATS)} or 'auto'")
-        if progress not in ("bar", "lines", "none"):
-            raise ValueError(f"progress must be 'bar', 'lines' or 'none', got {progress!r}")
+            raise ValueError(f"unknown output format(s) {unknown}; choose from {list(SUPPORTED_FORMATS)} or 'auto'")
+        make_progress(progress)  # fail on a bad value now, not after the first file
         self.network = network
         self.preprocessing = preprocessing
-        self.postprocessing = postprocessing
         self.inferer = inferer
+        self.postprocessing = postprocessing
         self.output_dir = Path(output_dir)
         self.input_dir = input_dir
         self.input_files = list(input_files or ())
         self.checkpoint = checkpoint
         self.formats = formats
+        # a command-line override such as ``--overlays false`` arrives as a string
+        self.overlays = overlays.strip().lower() in ("true", "1", "yes") if isinstance(overlays, str) else overlays
         self.device = torch.device(device)
-        # a command-line override such as ``--tta false`` arrives as a string
-        self.tta = tta.strip().lower() in ("true", "1", "yes") if isinstance(tta, str) else bool(tta)
         self.batch_size = batch_size
         self.progress = progress
         self._weights_loaded = checkpoint is None
@@ -122,73 +146,79 @@ class SegmentationRunner:
         self.network.eval()
         self._weights_loaded = True
 
-    @torch.inference_mode()
-    def _segment_frames(self, items: list[dict]) -> list[dict]:
-        batch = torch.stack([item["image"].as_tensor() for item in items]).to(self.device)
-        logits = self.inferer(batch, self.network)
-        if self.tta:
-            mirrored = torch.flip(self.inferer(torch.flip(batch, (-1,)), self.network), (-1,))
-            # average probabilities, then return to logits so that postprocessing's softmax gives that average
-            logits = ((logits.softmax(1) + mirrored.softmax(1)) / 2).log()
-        return [self.postprocessing({**item, "pred": logit.cpu()}) for item, logit in zip(items, logits)]
+    def use_checkpoint(self, checkpoint: str) -> None:
+        """Segment with the weights of ``checkpoint`` from now on (loaded when first needed)."""
+        if checkpoint != self.checkpoint:
+            self.checkpoint, self._weights_loaded = checkpoint, False
 
-    def predict(self, image: UltrasoundImage, on_frame: Callable[[], None] | None = None) -> SegmentationResult:
-        """Label map and lesions of every frame of ``image``."""
+    @torch.inference_mode()
+    def probabilities(self, frames: Sequence[np.ndarray]) -> list[dict]:
+        """Preprocessed items of ``frames`` with their class probabilities under ``"pred"`` (network resolution)."""
         self.load_weights()
+        items = [self.preprocessing({"image": MetaTensor(torch.from_numpy(f[np.newaxis].copy()))}) for f in frames]
+        batch = torch.stack([item["image"].as_tensor() for item in items]).to(self.device)
+        probabilities = self.inferer(batch, self.network)
+        return [{**item, "pred": p.cpu()} for item, p in zip(items, probabilities)]
+
+    def segment(self, image: UltrasoundImage, on_frame: Callable[[], None] | None = None) -> SegmentationResult:
+        """Label map and lesions of every frame of ``image``; ``on_frame`` is called after each frame."""
         labels, lesions = [], []
         for start in range(0, image.num_frames, self.batch_size):
-            items = [
-                self.preprocessing({"image": MetaTensor(torch.from_numpy(frame[np.newaxis].copy()))})
-                for frame in image.frames[start : start + self.batch_size]
-            ]
-            for item in self._segment_frames(items):
+            for item in self.probabilities(image.frames[start : start + self.batch_size]):
+                item = self.postprocessing(item)
                 labels.append(np.asarray(item["pred"], dtype=np.uint8)[0])
                 lesions.append(item["pred_lesions"])
                 if on_frame:
                     on_frame()
         return SegmentationResult(image=image, labels=np.stack(labels), lesions=lesions)
 
-    def _check_output_dir(self, inputs: list[tuple[Path, Path]]) -> None:
-        output = self.output_dir.resolve()
-        for protected in {root.resolve() for _, root in inputs}:
-            if output == protected or protected in output.parents:
-                raise SystemExit(f"{self.output_dir}: output folder must not be the input folder or inside it")
+    def _inputs(self) -> list[tuple[Path, Path]]:
+        folders = [self.input_dir] if isinstance(self.input_dir, (str, Path)) else list(self.input_dir or ())
+        if any(Path(folder).resolve() == self.output_dir.resolve() for folder in folders):
+            # an output folder inside an input folder is fine: it is left out of the search
+            raise SystemExit(f"{self.output_dir}: output folder must not be the input folder itself")
+        inputs = find_inputs(self.input_dir, self.input_files, exclude=self.output_dir)
+        if not inputs:
+            raise SystemExit(f"no supported image found in {self.input_dir or self.input_files}")
+        return inputs
+
+    def _formats(self, image: UltrasoundImage, report: ProgressReporter) -> list[str]:
+        requested = default_formats(image) if self.formats == "auto" else list(self.formats)
+        formats, skipped = applicable_formats(image, requested)
+        for name, reason in skipped:
+            logger.warning(f"{image.path}: {name} skipped ({reason})")
+        if not formats:
+            raise ValueError(f"{image.path}: none of the formats {requested} applies to this input")
+        return formats
 
     def run(self) -> list[Path]:
         """Segment all inputs; returns the files written.
 
+        Each input's earlier results in the output folder (from an earlier run) are replaced: files of that input
+        that this run does not write again are removed, so a folder never mixes two runs of one input.
+
         Raises:
-            SystemExit: with a message and a non-zero code when an input failed (after doing the others), when no
-                input was found, or when the output folder is inside the input folder.
+            SystemExit: with a message and a non-zero code when an input failed (after doing the others) or when
+                no input was found.
         """
         try:
             self.load_weights()
         except FileNotFoundError as error:
             raise SystemExit(str(error)) from error
-        inputs = find_inputs(self.input_dir, self.input_files)
-        if not inputs:
-            raise SystemExit(f"no supported image found in {self.input_dir or self.input_files}")
-        self._check_output_dir(inputs)
+        inputs = self._inputs()
         started = time.perf_counter()
         written: list[Path] = []
         failed: list[str] = []
         stems: dict[Path, Path] = {}
-        bar = tqdm(total=len(inputs), unit="file", disable=self.progress != "bar")
-        frames_done = 0
-
-        def report_frame() -> None:
-            # a single input (e.g. a cine loop from Slicer) reports progress per frame instead of per file
-            nonlocal frames_done
-            frames_done += 1
-            if self.progress == "lines":
-                print(f"PROGRESS {frames_done} {image.num_frames}", flush=True)
+        report = make_progress(self.progress)
+        per_frame = len(inputs) == 1  # one input (e.g. a cine loop from 3D Slicer) reports progress per frame
+        if not per_frame:
+            report.start(len(inputs), "file")
 
         def report_failure(path: Path, error: Exception) -> None:
             message = str(error) if str(path) in str(error) else f"{path}: {error}"
             failed.append(message)
-            logger.error(message)
-            if self.progress == "lines":
-                print(f"ERROR {message}", flush=True)
+            report.error(message)
 
         def finish_writing(pending: tuple[Path, Future] | None) -> None:
             if pending is None:
@@ -198,35 +228,41 @@ class SegmentationRunner:
             except (ValueError, OSError, RuntimeError) as error:
                 report_failure(pending[0], error)
 
+        def write(result: SegmentationResult, stem: Path, formats: list[str]) -> list[Path]:
+            paths = write_outputs(result, stem, formats, overlay=self.overlays)
+            remove_earlier_outputs(stem, keep=paths)
+            return paths
+
         # read the next file and write the previous one while the network works on the current one
         with ThreadPoolExecutor(max_workers=1) as reader_thread, ThreadPoolExecutor(max_workers=1) as writer_thread:
             pending_read = reader_thread.submit(read_image, inputs[0][0])
             pending_write: tuple[Path, Future] | None = None
             for index, (path, root) in enumerate(inputs):
                 try:
-                    image = pending_read.result()
+                    image, problem = pending_read.result(), None
                 except ImageReadError as error:
                     image, problem = None, error
                 if index + 1 < len(inputs):
                     pending_read = reader_thread.submit(read_image, inputs[index + 1][0])
                 try:
-                    if image is None:
+                    if problem is not None:
                         raise problem
                     stem = output_stem(path, root, self.output_dir)
                     if stem in stems:
                         raise ValueError(f"{path}: its outputs would overwrite those of {stems[stem]}")
                     stems[stem] = path
-                    result = self.predict(image, on_frame=report_frame if len(inputs) == 1 else None)
-                    formats = default_formats(image) if self.formats == "auto" else list(self.formats)
+                    formats = self._formats(image, report)
+                    if per_frame:
+                        report.start(image.num_frames, "frame")
+                    result = self.segment(image, on_frame=report.advance if per_frame else None)
                     finish_writing(pending_write)
-                    pending_write = (path, writer_thread.submit(write_outputs, result, stem, formats))
+                    pending_write = (path, writer_thread.submit(write, result, stem, formats))
                 except (ImageReadError, ValueError, OSError, RuntimeError) as error:
                     report_failure(path, error)
-                bar.update()
-                if self.progress == "lines" and len(inputs) > 1:
-                    print(f"PROGRESS {index + 1} {len(inputs)}", flush=True)
+                if not per_frame:
+                    report.advance()
             finish_writing(pending_write)
-        bar.close()
+        report.finish()
         logger.info(
             f"segmented {len(inputs) - len(failed)} of {len(inputs)} inputs in {time.perf_counter() - started:.1f} s"
             f" -> {self.output_dir}"

@@ -1,10 +1,15 @@
 """Turn class probabilities into a lesion label map: one class per connected lesion, specks dropped, holes filled.
 
-The network gives per-pixel probabilities of background, benign and malignant. A pixel belongs to a lesion when the
-background probability is below one half; each connected lesion then takes the class with the larger summed
-probability over its pixels, so a lesion is never half benign and half malignant. Lesions smaller than
-``min_area_fraction`` of the image, or whose mean lesion probability is below ``min_confidence``, are dropped:
-they are the false positives that turn a normal image into a lesion image.
+The work is split in two so that the expensive part runs on the network's small grid:
+
+1. :func:`find_lesions`, at network resolution: a pixel belongs to a lesion when the background probability is
+   below one half; holes are filled; each connected lesion takes the class with the larger summed probability over
+   its pixels, so a lesion is never half benign and half malignant. Lesions smaller than ``min_area_fraction`` of the
+   image, or whose mean lesion probability is below ``min_confidence``, are dropped; so is every lesion when the
+   image head says the image is normal with probability above ``max_normal_probability``. The result is a map of
+   lesion numbers (0 none, k lesion k) and the class and confidence of each lesion.
+2. The lesion-number map is resized to the frame's size (nearest neighbour, by inverting the preprocessing), and
+   :func:`measure_lesions` turns it into the class label map and measures each lesion inside its bounding box.
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage
 
-__all__ = ["CLASS_NAMES", "Lesion", "LesionPostprocess", "LesionPostprocessd", "label_lesions"]
+from scripts.labels import load_vocabulary
+from scripts.network import PIXEL_CHANNELS
 
-CLASS_NAMES = {1: "benign", 2: "malignant"}
+__all__ = ["Lesion", "FindLesionsd", "MeasureLesionsd", "find_lesions", "measure_lesions"]
 
 
 @dataclass
@@ -46,68 +53,117 @@ class Lesion:
         return asdict(self)
 
 
-def label_lesions(
-    probabilities: np.ndarray, min_area_fraction: float = 0.001, min_confidence: float = 0.5
-) -> tuple[np.ndarray, list[Lesion]]:
-    """Label map and lesion list of one frame.
+def find_lesions(
+    pixel_probabilities: np.ndarray,
+    image_probabilities: np.ndarray | None = None,
+    min_area_fraction: float = 0.001,
+    min_confidence: float = 0.5,
+    max_normal_probability: float = 1.0,
+) -> tuple[np.ndarray, list[tuple[int, float]]]:
+    """Lesion-number map and ``(label, confidence)`` of each lesion, at the probabilities' resolution.
 
     Args:
-        probabilities: (3, rows, columns) softmax output: background, benign, malignant.
+        pixel_probabilities: (3, rows, columns): background, benign, malignant.
+        image_probabilities: (3,) image-class probabilities (normal, benign, malignant), or None without an image head.
         min_area_fraction: lesions smaller than this fraction of the frame are dropped.
         min_confidence: lesions whose mean lesion probability (benign + malignant) is below this are dropped.
+        max_normal_probability: no lesion is kept when the image head's normal probability is above this.
 
     Returns:
-        uint8 label map (0 background, 1 benign, 2 malignant) and the lesions, largest first.
+        int32 map (0 none, k for the k-th lesion) and the lesions' (label, confidence), numbered from 1.
     """
-    if probabilities.ndim != 3 or probabilities.shape[0] != 3:
-        raise ValueError(f"expected probabilities of shape (3, rows, columns), got {probabilities.shape}")
-    lesion_probability = probabilities[1] + probabilities[2]
-    foreground = ndimage.binary_fill_holes(lesion_probability > 0.5)
-    components, count = ndimage.label(foreground)
-    labels = np.zeros(foreground.shape, dtype=np.uint8)
-    min_area = min_area_fraction * foreground.size
+    if pixel_probabilities.ndim != 3 or pixel_probabilities.shape[0] != PIXEL_CHANNELS:
+        raise ValueError(f"expected probabilities of shape (3, rows, columns), got {pixel_probabilities.shape}")
+    numbers = np.zeros(pixel_probabilities.shape[1:], dtype=np.int32)
+    if image_probabilities is not None and image_probabilities[0] > max_normal_probability:
+        return numbers, []
+    lesion_probability = pixel_probabilities[1] + pixel_probabilities[2]
+    components, _ = ndimage.label(ndimage.binary_fill_holes(lesion_probability > 0.5))
+    min_area = min_area_fraction * numbers.size
     found = []
     for index, region in enumerate(ndimage.find_objects(components), start=1):
         mask = components[region] == index
-        area = int(mask.sum())
-        if area < min_area or lesion_probability[region][mask].mean() < min_confidence:
+        if mask.sum() < min_area or lesion_probability[region][mask].mean() < min_confidence:
             continue
-        benign, malignant = probabilities[1][region][mask].sum(), probabilities[2][region][mask].sum()
+        benign, malignant = (pixel_probabilities[c][region][mask].sum() for c in (1, 2))
         label = 2 if malignant > benign else 1
-        labels[region][mask] = label
+        numbers[region][mask] = len(found) + 1
+        found.append((label, round(float(pixel_probabilities[label][region][mask].mean()), 4)))
+    return numbers, found
+
+
+def measure_lesions(numbers: np.ndarray, found: list[tuple[int, float]]) -> tuple[np.ndarray, list[Lesion]]:
+    """Class label map and :class:`Lesion` list of a lesion-number map (any resolution).
+
+    Each lesion is measured inside its bounding box, so the cost grows with the lesions, not with the frame.
+    Lesions that vanished in resizing are left out; the rest are renumbered largest first.
+    """
+    classes = np.array([0] + [label for label, _ in found], dtype=np.uint8)
+    labels = classes[numbers]
+    names = load_vocabulary().class_names
+    measured = []
+    for index, region in enumerate(ndimage.find_objects(numbers), start=1):
+        if region is None:
+            continue
+        area = int(np.count_nonzero(numbers[region] == index))
         bbox = (region[0].start, region[1].start, region[0].stop - 1, region[1].stop - 1)
-        found.append((area, label, float(probabilities[label][region][mask].mean()), bbox))
-    found.sort(key=lambda item: -item[0])
+        measured.append((area, *found[index - 1], bbox))
+    measured.sort(key=lambda item: -item[0])
     lesions = [
-        Lesion(k, label, CLASS_NAMES[label], round(confidence, 4), area, tuple(int(v) for v in bbox))
-        for k, (area, label, confidence, bbox) in enumerate(found, start=1)
+        Lesion(k, label, names[label], confidence, area, tuple(int(v) for v in bbox))
+        for k, (area, label, confidence, bbox) in enumerate(measured, start=1)
     ]
     return labels, lesions
 
 
-class LesionPostprocess:
-    """Array transform: (3, H, W) probabilities -> (1, H, W) uint8 label map; see :func:`label_lesions`."""
-
-    def __init__(self, min_area_fraction: float = 0.001, min_confidence: float = 0.5) -> None:
-        self.min_area_fraction = min_area_fraction
-        self.min_confidence = min_confidence
-
-    def __call__(self, probabilities: torch.Tensor | np.ndarray) -> tuple[np.ndarray, list[Lesion]]:
-        array = probabilities.detach().cpu().numpy() if isinstance(probabilities, torch.Tensor) else probabilities
-        array = np.asarray(array, dtype=np.float32)
-        labels, lesions = label_lesions(array, self.min_area_fraction, self.min_confidence)
-        return labels[np.newaxis], lesions
+def _numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
 
 
-class LesionPostprocessd(MapTransform):
-    """Dictionary wrapper of :class:`LesionPostprocess`; the lesion list goes to ``<key>_lesions``."""
+class FindLesionsd(MapTransform):
+    """Probabilities ``(3 or 6, h, w)`` -> lesion-number map ``(1, h, w)``; see :func:`find_lesions`.
 
-    def __init__(self, keys: KeysCollection, min_area_fraction: float = 0.001, min_confidence: float = 0.5) -> None:
+    The channels are those of :class:`scripts.predict.ProbabilityInferer`: three pixel-class probabilities, then,
+    for networks with an image head, three image-class probabilities repeated at every pixel. The lesions' classes
+    and confidences go to ``<key>_found``. Inverting the preprocessing (``Invertd``, nearest neighbour) then brings
+    the map to the frame's size.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        min_area_fraction: float = 0.001,
+        min_confidence: float = 0.5,
+        max_normal_probability: float = 1.0,
+    ) -> None:
         super().__init__(keys)
-        self.postprocess = LesionPostprocess(min_area_fraction, min_confidence)
+        self.settings = dict(
+            min_area_fraction=min_area_fraction,
+            min_confidence=min_confidence,
+            max_normal_probability=max_normal_probability,
+        )
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key], d[f"{key}_lesions"] = self.postprocess(d[key])
+            probabilities = _numpy(d[key]).astype(np.float32, copy=False)
+            image = probabilities[PIXEL_CHANNELS:, 0, 0] if probabilities.shape[0] > PIXEL_CHANNELS else None
+            numbers, d[f"{key}_found"] = find_lesions(probabilities[:PIXEL_CHANNELS], image, **self.settings)
+            # a MetaTensor, so that Invertd takes the resizing to undo from the "image" entry
+            d[key] = MetaTensor(torch.from_numpy(numbers[np.newaxis].astype(np.float32)))
+        return d
+
+
+class MeasureLesionsd(MapTransform):
+    """Lesion-number map ``(1, H, W)`` -> uint8 class label map ``(1, H, W)`` and ``<key>_lesions``.
+
+    See :func:`measure_lesions`; reads the classes that :class:`FindLesionsd` put in ``<key>_found``.
+    """
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            numbers = np.rint(_numpy(d[key])[0]).astype(np.int32)
+            labels, d[f"{key}_lesions"] = measure_lesions(numbers, d.pop(f"{key}_found"))
+            d[key] = labels[np.newaxis]
         return d

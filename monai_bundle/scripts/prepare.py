@@ -5,13 +5,13 @@ Layout read (the public release, ``Dataset_BUSI_with_GT``)::
     <dataset_dir>/{benign,malignant,normal}/<class> (N).png  with  <class> (N)_mask[_K].png
 
 Written to ``output_dir`` (never into ``dataset_dir``): ``labels/<class>/<name>.png`` (0 background, 1 benign,
-2 malignant; all masks of an image OR-ed), ``datalist.json`` (MONAI datalist with ``training``, ``validation``
-and ``test`` lists) and ``report.json``.
+2 malignant; all masks of an image OR-ed), ``datalist.json`` (every usable image with its cross-validation fold)
+and ``report.json``.
 
 Duplicates: every pair of images whose 64x64 grey thumbnails correlate above ``thumbnail_threshold`` is one scan
 (rescaled copies); pairs whose perceptual hashes are close are confirmed by searching the smaller image inside the
-larger one at several scales (cropped copies). Connected pairs form a group, and each group is assigned to one side
-of every split.
+larger one at several scales (cropped copies). Connected pairs form a group, and each group lies in one fold.
+Groups whose members carry different labels are left out of every fold.
 """
 
 from __future__ import annotations
@@ -147,23 +147,24 @@ class BUSIPreparation:
     Args:
         dataset_dir: folder in the public BUSI layout; only read.
         output_dir: where labels, ``datalist.json`` and ``report.json`` go; must not be inside ``dataset_dir``.
-        fractions: training / validation / test fractions of the scan groups in each class.
-        seed: seed of the split.
+        folds: number of cross-validation folds.
+        fold: the fold held out by :meth:`load_datalist` (0 .. folds - 1).
+        seed: seed of the fold assignment.
     """
 
-    def __init__(
-        self,
-        dataset_dir: str,
-        output_dir: str,
-        fractions: tuple[float, float, float] = (0.80, 0.15, 0.05),
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, dataset_dir: str, output_dir: str, folds: int = 5, fold: int = 0, seed: int = 0) -> None:
         self.dataset_dir = Path(dataset_dir).resolve()
         self.output_dir = Path(output_dir).resolve()
-        if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-            raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
-        self.fractions = tuple(fractions)
+        if folds < 2 or not 0 <= fold < folds:
+            raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}")
+        self.folds = folds
+        self.fold = fold
         self.seed = seed
+
+    @property
+    def settings(self) -> dict:
+        """Everything the fold assignment depends on; a datalist made with other settings is made again."""
+        return {"dataset_dir": str(self.dataset_dir), "folds": self.folds, "seed": self.seed}
 
     @property
     def datalist_path(self) -> Path:
@@ -173,14 +174,21 @@ class BUSIPreparation:
         """Prepare unless a datalist made from the same dataset folder exists; return the datalist path."""
         if self.datalist_path.is_file():
             existing = json.loads(self.datalist_path.read_text())
-            if existing.get("dataset_dir") == str(self.dataset_dir) and existing.get("seed") == self.seed:
+            if existing.get("settings") == self.settings:
                 return self.datalist_path
         return self.run()
 
     def load_datalist(self) -> dict[str, list[dict]]:
-        """The ``training`` / ``validation`` / ``test`` lists, preparing the dataset first when needed."""
-        datalist = json.loads(self.run_if_needed().read_text())
-        return {split: datalist[split] for split in ("training", "validation", "test")}
+        """``training`` (every fold but ``fold``), ``validation`` (``fold``) and ``all`` usable images.
+
+        The dataset is prepared first when needed.
+        """
+        items = json.loads(self.run_if_needed().read_text())["items"]
+        return {
+            "training": [item for item in items if item["fold"] != self.fold],
+            "validation": [item for item in items if item["fold"] == self.fold],
+            "all": items,
+        }
 
     def _find_cases(self, skipped: list[dict]) -> list[_Case]:
         if not self.dataset_dir.is_dir():
@@ -226,28 +234,26 @@ class BUSIPreparation:
             foreground |= mask
         return grey, foreground.astype(np.uint8) * CLASSES[case.label_class]
 
-    def _split(self, cases: list[_Case], groups: list[list[int]], excluded: set[int]) -> list[str]:
-        """Assign each group to one split, stratified by the class of its first member; excluded cases get ""."""
+    def _assign_folds(self, cases: list[_Case], groups: list[list[int]], excluded: set[int]) -> list[int]:
+        """Fold of each case, whole duplicate groups together, classes spread evenly; excluded cases get -1."""
         in_group = {k for group in groups for k in group} | excluded
         units = list(groups) + [[k] for k in range(len(cases)) if k not in in_group]
         by_class: dict[str, list[list[int]]] = defaultdict(list)
         for unit in units:
             by_class[cases[unit[0]].label_class].append(unit)
         rng = random.Random(self.seed)
-        side = [""] * len(cases)
+        fold_of = [-1] * len(cases)
         for label_class in CLASSES:
             class_units = sorted(by_class[label_class])
             rng.shuffle(class_units)
-            total = sum(len(u) for u in class_units)
-            targets = {"validation": self.fractions[1] * total, "test": self.fractions[2] * total}
-            filled = Counter()
-            for unit in class_units:
-                # fill the small splits first, with whole groups, then give the rest to training
-                split = next((s for s in ("test", "validation") if filled[s] + len(unit) / 2 < targets[s]), "training")
-                filled[split] += len(unit)
+            filled = [0] * self.folds
+            # large groups first, each into the emptiest fold of its class, so folds differ by at most one group
+            for unit in sorted(class_units, key=len, reverse=True):
+                fold = min(range(self.folds), key=lambda f: (filled[f], f))
+                filled[fold] += len(unit)
                 for k in unit:
-                    side[k] = split
-        return side
+                    fold_of[k] = fold
+        return fold_of
 
     def run(self) -> Path:
         """Prepare the dataset; return the datalist path.
@@ -282,33 +288,35 @@ class BUSIPreparation:
         # one scan labelled both benign and malignant cannot be scored honestly: leave it out of every split
         conflicts = [group for group in groups if len({loaded[k].label_class for k in group}) > 1]
         excluded = {k for group in conflicts for k in group}
-        side = self._split(loaded, [g for g in groups if g not in conflicts], excluded)
+        fold_of = self._assign_folds(loaded, [g for g in groups if g not in conflicts], excluded)
 
         label_dir = self.output_dir / "labels"
-        datalist: dict[str, list] = {"training": [], "validation": [], "test": []}
+        items = []
         group_of = {k: g for g, group in enumerate(groups) for k in group}
         for k, case in enumerate(loaded):
-            if not side[k]:
+            if fold_of[k] < 0:
                 continue
             label_path = label_dir / case.name
             label_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(labels[k]).save(label_path)
-            datalist[side[k]].append(
+            items.append(
                 {
                     "image": str(case.image_path),
                     "label": str(label_path),
                     "name": case.name,
                     "class": CLASSES[case.label_class],
                     "group": group_of.get(k, -1),
+                    "fold": fold_of[k],
                 }
             )
         report = {
             "dataset_dir": str(self.dataset_dir),
             "images_found": len(cases),
             "images_used": len(loaded),
-            "counts": {
-                s: dict(Counter(loaded[k].label_class for k in range(len(loaded)) if side[k] == s)) for s in datalist
-            },
+            "counts_per_fold": [
+                dict(Counter(loaded[k].label_class for k in range(len(loaded)) if fold_of[k] == f))
+                for f in range(self.folds)
+            ],
             "counts_per_class": dict(Counter(case.label_class for case in loaded)),
             "images_with_several_masks": sum(len(case.mask_paths) > 1 for case in loaded),
             "duplicate_groups": len(groups),
@@ -323,12 +331,13 @@ class BUSIPreparation:
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "report.json").write_text(json.dumps(report, indent=2))
-        self.datalist_path.write_text(
-            json.dumps({"dataset_dir": str(self.dataset_dir), "seed": self.seed, **datalist}, indent=1)
-        )
+        partial = self.datalist_path.with_name(self.datalist_path.name + ".partial")
+        partial.write_text(json.dumps({"settings": self.settings, "items": items}, indent=1))
+        partial.replace(self.datalist_path)
         logger.info(
             f"prepared {len(loaded)} images ({report['counts_per_class']}), {len(groups)} duplicate groups "
             f"({report['images_in_duplicate_groups']} images), {len(conflicts)} with conflicting labels, "
-            f"{len(skipped)} skipped; split {[len(v) for v in datalist.values()]} -> {self.output_dir}"
+            f"{len(skipped)} skipped; images per fold {[sum(c.values()) for c in report['counts_per_fold']]} "
+            f"-> {self.output_dir}"
         )
         return self.datalist_path

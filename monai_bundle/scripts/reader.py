@@ -13,9 +13,12 @@ increasing i, j and k as its columns, ``origin`` is the LPS position of the cent
 
 from __future__ import annotations
 
+import logging
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,14 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, as_pixel_options, convert_color_space, get_decoder
+
+# pydicom 3 decodes pixel data with pydicom.pixels; pydicom 2.4, which 3D Slicer 5.10 ships, only has
+# Dataset.pixel_array and its pixel data handlers. Both are supported so that the bundle runs in a stock Slicer.
+PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
+if PYDICOM_3:
+    from pydicom.pixels import apply_color_lut, convert_color_space
+else:
+    from pydicom.pixel_data_handlers.util import apply_color_lut, convert_color_space
 
 __all__ = [
     "ImageReadError",
@@ -190,19 +200,10 @@ def _dicom_geometry(ds: pydicom.Dataset) -> tuple[tuple[float, float, float] | N
     return tuple(float(v) for v in ds.ImagePositionPatient), direction
 
 
-def _read_dicom(path: Path) -> UltrasoundImage:
-    try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as error:
-        raise ImageReadError(f"{path}: not a DICOM file (no 'DICM' marker or file meta information)") from error
-    if not any(keyword in ds for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        sop_class = getattr(ds.get("SOPClassUID"), "name", "unknown SOP class")
-        raise ImageReadError(f"{path}: DICOM file has no pixel data ({sop_class})")
-    frames = int(ds.get("NumberOfFrames") or 1)
-    _check_size(path, int(ds.Rows), int(ds.Columns), frames)
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    if syntax is None:
-        raise ImageReadError(f"{path}: DICOM file has no transfer syntax in its file meta information")
+def _decode_pixels_pydicom3(path: Path, ds: pydicom.Dataset, syntax: pydicom.uid.UID) -> tuple[np.ndarray, dict]:
+    """Pixels of every frame with pydicom 3, and the decoder's description of them (colour space, frames, bits)."""
+    from pydicom.pixels import as_pixel_options, get_decoder
+
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as error:
@@ -211,7 +212,52 @@ def _read_dicom(path: Path) -> UltrasoundImage:
         raise ImageReadError(f"{path}: no installed decoder for transfer syntax {syntax.name} ({syntax})")
     # The decoder reports the colour space it returns: pydicom 3 already gives RGB for YBR JPEG and JPEG 2000, so
     # the colour space must be taken from here, not from the dataset, or YBR would be converted twice.
-    array, meta = decoder.as_array(ds, validate=True, **as_pixel_options(ds))
+    return decoder.as_array(ds, validate=True, **as_pixel_options(ds))
+
+
+def _decode_pixels_pydicom2(path: Path, ds: pydicom.Dataset, syntax: pydicom.uid.UID) -> tuple[np.ndarray, dict]:
+    """Pixels of every frame with pydicom 2.4's ``Dataset.pixel_array``, described as in
+    :func:`_decode_pixels_pydicom3`."""
+    handlers = [handler for handler in pydicom.config.pixel_data_handlers if handler.supports_transfer_syntax(syntax)]
+    if not handlers:
+        raise ImageReadError(f"{path}: unsupported DICOM transfer syntax {syntax.name} ({syntax})")
+    if not any(handler.is_available() for handler in handlers):
+        raise ImageReadError(f"{path}: no installed decoder for transfer syntax {syntax.name} ({syntax})")
+    array = ds.pixel_array
+    photometric = str(ds.PhotometricInterpretation)
+    # pydicom 2 leaves JPEG YCbCr as it is, but JPEG 2000 decoders reverse the component transform to RGB.
+    if syntax in pydicom.uid.JPEG2000TransferSyntaxes and photometric in ("YBR_ICT", "YBR_RCT"):
+        photometric = "RGB"
+    meta = {
+        "photometric_interpretation": photometric,
+        "samples_per_pixel": int(ds.SamplesPerPixel),
+        "number_of_frames": int(ds.get("NumberOfFrames") or 1),
+        "bits_stored": int(ds.BitsStored),
+        "pixel_representation": int(ds.PixelRepresentation),
+    }
+    return array, meta
+
+
+def _read_dicom(path: Path) -> UltrasoundImage:
+    with warnings.catch_warnings(record=True) as read_warnings:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(path)
+        except InvalidDicomError as error:
+            raise ImageReadError(f"{path}: not a DICOM file (no 'DICM' marker or file meta information)") from error
+    # pydicom returns what precedes the end of a file cut off inside a sequence or encapsulated pixel data, and only
+    # warns (pydicom 3 then drops the whole data set, which would look like a file without pixel data).
+    if any("End of file reached" in str(warning.message) for warning in read_warnings):
+        raise ImageReadError(f"{path}: DICOM file is truncated (it ends inside a sequence or its pixel data)")
+    if not any(keyword in ds for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        sop_class = getattr(ds.get("SOPClassUID"), "name", "unknown SOP class")
+        raise ImageReadError(f"{path}: DICOM file has no pixel data ({sop_class})")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    _check_size(path, int(ds.Rows), int(ds.Columns), frames)
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is None:
+        raise ImageReadError(f"{path}: DICOM file has no transfer syntax in its file meta information")
+    array, meta = _decode_pixels_pydicom3(path, ds, syntax) if PYDICOM_3 else _decode_pixels_pydicom2(path, ds, syntax)
     photometric = str(meta["photometric_interpretation"])
     colour = int(meta["samples_per_pixel"]) > 1
     if int(meta["number_of_frames"]) == 1:
@@ -391,6 +437,25 @@ _READ_ERRORS = (
 _READERS = {"picture": _read_picture, "dicom": _read_dicom, "nifti": _read_nifti, "nrrd": _read_nrrd, "itk": _read_itk}
 
 
+@contextmanager
+def _pydicom_reports_silenced() -> Iterator[None]:
+    """Keep pydicom's own reports about a bad file off the user's terminal while the file is read.
+
+    pydicom logs a full traceback for every decoder plugin that fails on corrupt compressed pixel data, and warns
+    (through its logger and ``warnings``) about truncated files. :func:`read_image` reports the failure itself, once,
+    as an ImageReadError naming the file, so these reports would only repeat it.
+    """
+    logger = logging.getLogger("pydicom")  # parent of pydicom's module loggers (pydicom.pixels.decoders.base...)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def read_image(path: str | Path) -> UltrasoundImage:
     """Read one image file into grey frames plus geometry.
 
@@ -416,7 +481,8 @@ def read_image(path: str | Path) -> UltrasoundImage:
     if family is None:
         raise ImageReadError(f"{path}: unsupported file type '{''.join(path.suffixes) or path.name}'")
     try:
-        image = _READERS[family](path)
+        with _pydicom_reports_silenced():
+            image = _READERS[family](path)
     except ImageReadError:
         raise
     except _READ_ERRORS as error:

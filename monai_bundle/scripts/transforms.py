@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -23,7 +25,8 @@ class LoadUltrasoundd(MapTransform):
     """Load a grey image with :func:`scripts.reader.read_image` and, optionally, an 8-bit label map.
 
     Both become (1, rows, columns) float tensors with their file name in the metadata. Only the first frame of the
-    image is used: training and evaluation data are single frames; inference feeds frames one by one.
+    image is used: training and evaluation data are single frames. A value that is already an array (a frame that
+    inference read itself, one by one) is passed on as it is.
 
     Args:
         keys: the image key and, optionally, the label key.
@@ -38,6 +41,8 @@ class LoadUltrasoundd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             path = d[key]
+            if not isinstance(path, (str, Path)):
+                continue
             if key == self.label_key:
                 with Image.open(path) as pil:
                     frame = np.asarray(pil, dtype=np.float32)

@@ -13,8 +13,9 @@ class BUSISegmentationResourcesTest(unittest.TestCase):
     def test_BundleIsInstalledWithTheModule(self):
         bundle = locate_bundle()
         self.assertEqual(bundle, (MODULE_DIR / "Resources" / "monai_bundle").resolve())
-        for name in ("configs/inference.json", "configs/metadata.json", "configs/logging.conf", "models/model.pt",
-                     "scripts/inference.py", "scripts/reader.py", "scripts/writers.py"):
+        for name in ("configs/inference.json", "configs/metadata.json", "configs/labels.json", "configs/logging.conf",
+                     "models/model.pt", "scripts/inference.py", "scripts/labels.py", "scripts/reader.py",
+                     "scripts/writers.py"):
             self.assertTrue((bundle / name).is_file(), f"{name} missing from {bundle}")
         self.assertTrue(list((bundle / "sample_data").glob("*.png")), "no sample image installed")
 

@@ -1,19 +1,25 @@
 """``busi-segment``: segment breast ultrasound files and folders with the bundle's inference workflow.
 
-The tool only fills in overrides of ``configs/inference.json`` and runs that workflow in this process, so it
-reads, preprocesses, infers, postprocesses and writes exactly as ``python -m monai.bundle run`` does.
+The tool ships inside the bundle it runs (``scripts/cli.py``). It only fills in overrides of
+``configs/inference.json`` and runs that workflow in this process, so it reads, preprocesses, infers, postprocesses
+and writes exactly as ``python -m monai.bundle run`` does. It imports nothing of the bundle before the workflow puts
+the bundle on ``sys.path``, so it works from an installed wheel and from a source checkout alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .bundle import DEVICES, locate_bundle
+__all__ = ["BUNDLE_DIR", "BUNDLE_DIR_ENV", "DEVICES", "FORMATS", "build_parser", "main"]
 
-__all__ = ["build_parser", "main"]
-
+# The bundle this file belongs to; $BUSI_BUNDLE_DIR or --bundle choose another one.
+BUNDLE_DIR = Path(__file__).resolve().parents[1]
+BUNDLE_DIR_ENV = "BUSI_BUNDLE_DIR"
+# "auto" keeps the bundle's own choice (the GPU when there is one).
+DEVICES = ("auto", "cpu", "cuda")
 FORMATS = ("png", "nifti", "seg.nrrd", "dicom-seg")
 
 EXAMPLES = """\
@@ -21,11 +27,15 @@ examples:
   busi-segment scan.png -o results
       results/scan_seg.png (label map 0/1/2), scan_overlay.png, scan_lesions.csv/.json
   busi-segment cine.dcm -o results --format dicom-seg,nifti
-      DICOM SEG referencing the source instance (one per frame for cine loops without geometry) and NIfTI
+      one DICOM SEG referencing the source instance (every frame of a cine loop) and NIfTI
   busi-segment stack.nii.gz volume.nrrd -o results --format nifti,seg.nrrd
       every frame of each stack segmented; geometry (spacing, origin, direction) kept
-  busi-segment study_folder/ -o results --tta --device cpu
+  busi-segment study_folder/ -o results --tta --device cpu --no-overlays
       every supported file under study_folder/, recursively; results/<relative path>/<name>_seg.*
+
+A format that does not apply to an input (DICOM SEG of a picture) is skipped for it with a note. Running again
+into the same output folder replaces each input's earlier results: its files that this run does not write again
+are removed; other files are left alone. An output folder inside an input folder is left out of the search.
 
 Exit code 0 when every input was segmented, 1 when any failed (each failure is reported on one line).
 """
@@ -57,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "NIfTI, NRRD, MHA/MHD",
     )
     parser.add_argument(
-        "-o", "--output", required=True, type=Path, help="output folder; must not be an input folder or inside one"
+        "-o", "--output", required=True, type=Path, help="output folder (created); must not be an input folder itself"
     )
     parser.add_argument(
         "--format",
@@ -76,13 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta", action="store_true", help="average with the horizontally mirrored image (about twice the time)"
     )
     parser.add_argument(
+        "--no-overlays", action="store_true", help="do not write the overlay pictures (faster for large batches)"
+    )
+    parser.add_argument(
         "--progress",
         choices=("bar", "lines", "none"),
         default="bar",
         help="progress bar (default), 'PROGRESS done total' lines for programs, or nothing",
     )
     parser.add_argument(
-        "--bundle", type=Path, help="bundle folder (default: $BUSI_BUNDLE_DIR, else the bundle installed with this tool)"
+        "--bundle", type=Path, help=f"bundle folder (default: ${BUNDLE_DIR_ENV}, else the bundle this tool ships with)"
     )
     return parser
 
@@ -91,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the tool; returns the exit code (SystemExit carries it when inputs fail)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        bundle = args.bundle or locate_bundle()
-    except (FileNotFoundError, ValueError) as error:
-        parser.error(str(error))
+    bundle = args.bundle or Path(os.environ.get(BUNDLE_DIR_ENV) or BUNDLE_DIR)
     configs = bundle / "configs"
     if not (configs / "inference.json").is_file():
         parser.error(f"{bundle}: not a bundle folder (no configs/inference.json)")
@@ -117,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=str(args.output),
         formats=args.format,
         tta=args.tta,
+        overlays=not args.no_overlays,
         progress=args.progress,
         **override,
     )

@@ -1,0 +1,74 @@
+"""How far the inference's shortcuts move its label maps, measured on labelled BUSI images.
+
+Two comparisons, pixel by pixel over every image, with the shipped weights:
+
+- lesions found at network resolution and only the lesion map resized to the frame (the inference's postprocessing)
+  against the probabilities resized to the frame and lesions found there (the slower path it replaced);
+- the network in bf16 against float32 (both through the inference's postprocessing).
+
+Usage::
+
+    python benchmarks/agreement.py [--fold 0] [--images N]
+
+The images are those of one cross-validation fold of the prepared dataset (``runs/prepared``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = REPO_ROOT / "monai_bundle"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    options = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    options.add_argument("--fold", type=int, default=0, help="the fold whose images are compared")
+    options.add_argument("--images", type=int, default=0, help="at most this many images (0: all of the fold)")
+    args = options.parse_args(argv)
+    sys.path.insert(0, str(BUNDLE))
+    from scripts.postprocess import FindLesionsd, MeasureLesionsd
+    from scripts.reader import read_image
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / n) for n in ("inference.json", "train.json")])
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "fold": args.fold})
+    runner = parser.get_parsed_content("runner")
+    finder: FindLesionsd = parser.get_parsed_content("postprocessing#transforms#0")
+    items = parser.get_parsed_content("fold_datalist")["validation"]
+    items = items[: args.images] if args.images else items
+    # the replaced path: probabilities brought to the frame's size, lesions found there
+    full_size = Compose([
+        Invertd(keys="pred", transform=parser.get_parsed_content("preprocessing"), orig_keys="image"),
+        FindLesionsd(keys="pred", **finder.settings),
+        MeasureLesionsd(keys="pred"),
+    ])
+    network = runner.network
+    counts = {"shortcut": [0, 0], "bf16": [0, 0]}
+    for item in items:
+        frame = read_image(item["image"]).frames[:1]
+        network.dtype = parser.get_parsed_content("network_dtype")
+        predicted = runner.probabilities(frame)[0]
+        fast = np.asarray(runner.postprocessing(dict(predicted))["pred"])[0]
+        slow = np.asarray(full_size({**predicted, "pred": MetaTensor(predicted["pred"])})["pred"])[0]
+        network.dtype = None
+        float32 = np.asarray(runner.postprocessing(dict(runner.probabilities(frame)[0]))["pred"])[0]
+        for name, other in (("shortcut", slow), ("bf16", float32)):
+            counts[name][0] += int((fast == other).sum())
+            counts[name][1] += fast.size
+    report = {name: agree / total for name, (agree, total) in counts.items()}
+    print(f"{len(items)} images of fold {args.fold}, {counts['shortcut'][1]} pixels")
+    print(f"label maps equal, network-resolution lesions vs full-size probabilities: {report['shortcut']:.4%}")
+    print(f"label maps equal, bf16 network vs float32 network: {report['bf16']:.4%}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
