@@ -1,3 +1,9 @@
+"""3D Slicer module "BUSI Segmentation": segments the loaded breast ultrasound image with the MONAI bundle.
+
+Module, Widget, Logic and Test are in this one file, the layout of 3D Slicer's scripted modules (Slicer finds the
+classes by these names), hence its length; everything that does not need Slicer is in ``BUSISegmentationLib``.
+"""
+
 import importlib
 import logging
 import os

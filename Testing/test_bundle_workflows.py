@@ -16,7 +16,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 
-from busi_synthetic import SIZE, make_busi
+from busi_synthetic import make_busi
 
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
@@ -197,7 +197,7 @@ def test_inference_segments_folder_and_reports_bad_files(trained, tmp_path, caps
     for stem, size in (("grey", (50, 70)), ("sub/colour", (61, 43))):
         label = np.asarray(Image.open(out / f"{stem}_seg.png"))
         assert label.shape == size and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2}
-        assert (out / f"{stem}_overlay.png").is_file() and (out / f"{stem}_lesions.csv").is_file()
+        assert (out / f"{stem}_overlay.jpg").is_file() and (out / f"{stem}_lesions.csv").is_file()
     assert not list(out.rglob("broken*"))
     assert snapshot(inputs) == before
     with pytest.raises(SystemExit, match="must not be the input folder itself"):
@@ -215,7 +215,7 @@ def test_inference_replaces_earlier_results_of_the_same_input(trained, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     (out / "scan_seg_f0000.png").write_bytes(b"from an earlier two-frame run")
-    (out / "scan_overlay.png").write_bytes(b"earlier")
+    (out / "scan_overlay.jpg").write_bytes(b"earlier")
     (out / "other_seg.png").write_bytes(b"another input's result")
     image = tmp_path / "scan.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 50), dtype=np.uint8)).save(image)
@@ -289,7 +289,7 @@ def test_configs_declare_each_definition_once():
 
 def test_inference_config_serves_tools_that_load_bundles_by_their_properties(trained, tmp_path):
     """MONAI's inference properties (dataset, evaluator, ...) run the same preprocessing, inferer and postprocessing."""
-    image = BUNDLE / "sample_data" / "benign (200).png"
+    image = BUNDLE / "sample_data" / "benign (23).png"
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
         workflow_type="infer", bundle_root=str(BUNDLE), input_files=[str(image)], image_size=[32, 32],
@@ -356,3 +356,18 @@ def test_shipped_weights_load_and_match_torchscript():
     image = torch.rand(2, 1, 256, 256)
     with torch.inference_mode():
         assert torch.allclose(exported(image), network(image), atol=1e-5)
+
+
+def test_progress_reporters_follow_the_line_contract(capsys):
+    from scripts.progress import make_progress
+
+    lines = make_progress("lines")
+    lines.start(2, "file")
+    lines.advance()
+    lines.error("scan.png: cannot be read")
+    lines.advance()
+    lines.finish()
+    assert capsys.readouterr().out.splitlines() == ["PROGRESS 1 2", "ERROR scan.png: cannot be read", "PROGRESS 2 2"]
+    make_progress("bar").finish()  # nothing started (the only input could not be read): nothing to close
+    with pytest.raises(ValueError, match="progress must be one of"):
+        make_progress("dots")

@@ -122,3 +122,28 @@ def test_reader_gives_the_same_frames_with_pydicom_2_4(tmp_path: Path) -> None:
         else:
             np.testing.assert_array_equal(frames, expected.frames, err_msg=path.name)
     assert "error" in report["results"][str(tmp_path / "variants" / "broken_jpeg.dcm")]
+
+
+@pytest.mark.skipif(not (PYDICOM2_SITE / "pydicom").is_dir(), reason=f"pydicom 2.4 not installed in {PYDICOM2_SITE}")
+def test_inference_for_3d_slicer_runs_with_pydicom_2_4(tmp_path: Path) -> None:
+    """What the 3D Slicer module asks of the bundle (a NIfTI label map) needs neither pydicom 3 nor highdicom."""
+    source = DICOM_DIR / "US1_J2KR.dcm"
+    if not source.is_file():
+        pytest.skip("../shared/data/dicom is not present")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import pydicom
+        from scripts.cli import main
+        assert pydicom.__version__.startswith("2.4"), pydicom.__version__
+        code = main([{str(source)!r}, "-o", {str(tmp_path / "out")!r}, "--format", "nifti", "--no-overlays",
+                     "--progress", "none", "--device", "cpu"])
+        assert "highdicom" not in sys.modules
+        sys.exit(code)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PYDICOM2_SITE), str(REPO_ROOT / "monai_bundle")])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "out" / "US1_J2KR_seg.nii.gz").is_file()

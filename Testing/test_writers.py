@@ -61,8 +61,8 @@ def test_picture_outputs(tmp_path):
     result = _result(image)
     paths = write_outputs(result, tmp_path / "out" / "sub" / "scan", ["png", "nifti", "seg.nrrd"])
     names = ["scan_seg.png", "scan_seg.nii.gz", "scan_seg.seg.nrrd", "scan_lesions.csv", "scan_lesions.json"]
-    assert [path.name for path in paths] == names + ["scan_overlay.png"]
-    assert _written(tmp_path / "out") == sorted(names + ["scan_overlay.png"])
+    assert [path.name for path in paths] == names + ["scan_overlay.jpg"]
+    assert _written(tmp_path / "out") == sorted(names + ["scan_overlay.jpg"])
 
     np.testing.assert_array_equal(np.asarray(Image.open(paths[0])), result.labels[0])
     nifti = nib.load(paths[1])

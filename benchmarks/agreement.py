@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     items = items[: args.images] if args.images else items
     # the replaced path: probabilities brought to the frame's size, lesions found there
     full_size = Compose([
-        Invertd(keys="pred", transform=parser.get_parsed_content("preprocessing"), orig_keys="image"),
+        Invertd(keys="pred", transform=parser.get_parsed_content("preprocessing"), orig_keys="image",
+                nearest_interp=False),
         FindLesionsd(keys="pred", **finder.settings),
         MeasureLesionsd(keys="pred"),
     ])
@@ -56,8 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
         frame = read_image(item["image"]).frames[:1]
         network.dtype = parser.get_parsed_content("network_dtype")
         predicted = runner.probabilities(frame)[0]
-        fast = np.asarray(runner.postprocessing(dict(predicted))["pred"])[0]
-        slow = np.asarray(full_size({**predicted, "pred": MetaTensor(predicted["pred"])})["pred"])[0]
+        # each path gets its own copy: inverting the resize consumes the image's record of it
+        fast = np.asarray(runner.postprocessing(deepcopy(predicted))["pred"])[0]
+        slow_input = deepcopy(predicted)
+        slow = np.asarray(full_size({**slow_input, "pred": MetaTensor(slow_input["pred"])})["pred"])[0]
         network.dtype = None
         float32 = np.asarray(runner.postprocessing(dict(runner.probabilities(frame)[0]))["pred"])[0]
         for name, other in (("shortcut", slow), ("bf16", float32)):

@@ -51,11 +51,9 @@ REQUIREMENTS = (
     ("scipy", "lesion labelling in the bundle's postprocessing"),
     ("tqdm", "progress of the bundle's inference"),
     ("slicerio", "the bundle's writers import it (for their .seg.nrrd format)"),
-    # highdicom 0.23 is the first release with highdicom.spatial.get_image_coordinate_system, which the bundle's
-    # writers import; it needs pydicom 3. 3D Slicer 5.10 ships pydicom 2.4.4 (its DICOM module works with
-    # pydicom 3), 5.12 ships pydicom 3.0.2 and highdicom 0.27. The bundle's reader itself reads with pydicom 2.4.
-    ("highdicom>=0.23", "the bundle's DICOM SEG writer"),
-    ("pydicom>=3.0.1", "highdicom needs pydicom 3"),
+    # The bundle's reader works with pydicom 2.4 (3D Slicer 5.10's) and 3; only its DICOM SEG writer needs
+    # highdicom and pydicom 3, and 3D Slicer asks for a NIfTI label map, so neither is installed here.
+    ("pydicom>=2.4", "the bundle's reader, for DICOM images"),
     ("psutil", "stopping the segmentation process and the processes it started"),
 )
 

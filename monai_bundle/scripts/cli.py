@@ -25,7 +25,7 @@ FORMATS = ("png", "nifti", "seg.nrrd", "dicom-seg")
 EXAMPLES = """\
 examples:
   busi-segment scan.png -o results
-      results/scan_seg.png (label map 0/1/2), scan_overlay.png, scan_lesions.csv/.json
+      results/scan_seg.png (label map 0/1/2), scan_overlay.jpg, scan_lesions.csv/.json
   busi-segment cine.dcm -o results --format dicom-seg,nifti
       one DICOM SEG referencing the source instance (every frame of a cine loop) and NIfTI
   busi-segment stack.nii.gz volume.nrrd -o results --format nifti,seg.nrrd

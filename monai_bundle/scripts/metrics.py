@@ -18,8 +18,6 @@ from monai.metrics import compute_hausdorff_distance
 
 __all__ = ["dice", "iou", "hd95", "image_class", "image_metrics", "bootstrap_ci"]
 
-CLASS_LABELS = {"normal": 0, "benign": 1, "malignant": 2}
-
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two boolean masks; 1 when both are empty."""

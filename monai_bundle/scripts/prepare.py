@@ -12,6 +12,9 @@ Duplicates: every pair of images whose 64x64 grey thumbnails correlate above ``t
 (rescaled copies); pairs whose perceptual hashes are close are confirmed by searching the smaller image inside the
 larger one at several scales (cropped copies). Connected pairs form a group, and each group lies in one fold.
 Groups whose members carry different labels are left out of every fold.
+
+One module although long: reading the masks, finding duplicates and assigning folds are one step of the workflow,
+and the duplicate search is only used here.
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ from scipy import ndimage
 from skimage.feature import match_template
 from skimage.transform import resize
 
+from scripts.labels import load_vocabulary
 from scripts.reader import ImageReadError, read_image
 
 __all__ = ["CLASSES", "BUSIPreparation", "find_duplicate_groups", "read_mask"]
 
 logger = logging.getLogger(__name__)
 
-CLASSES = {"normal": 0, "benign": 1, "malignant": 2}
+# the BUSI folder of each image class and the label its lesions get, from the label vocabulary
+CLASSES = {label.class_name: label.value for label in load_vocabulary().labels}
 IMAGE_NAME = re.compile(r"^(?P<stem>.+ \(\d+\))\.png$", re.IGNORECASE)
 MASK_NAME = re.compile(r"^(?P<stem>.+ \(\d+\))_mask(_\d+)?\.png$", re.IGNORECASE)
 

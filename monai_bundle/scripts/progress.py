@@ -24,6 +24,9 @@ class ProgressReporter:
     for each failed input, and :meth:`finish` at the end.
     """
 
+    def __init__(self) -> None:
+        self.done, self.total = 0, 0
+
     def start(self, total: int, unit: str) -> None:
         self.done, self.total = 0, total
 
@@ -40,6 +43,10 @@ class ProgressReporter:
 class BarProgress(ProgressReporter):
     """A tqdm progress bar on standard error."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.bar: tqdm | None = None
+
     def start(self, total: int, unit: str) -> None:
         super().start(total, unit)
         self.bar = tqdm(total=total, unit=unit)
@@ -49,7 +56,8 @@ class BarProgress(ProgressReporter):
         self.bar.update()
 
     def finish(self) -> None:
-        self.bar.close()
+        if self.bar is not None:  # a single input that could not be read never started the bar
+            self.bar.close()
 
 
 class LineProgress(ProgressReporter):

@@ -9,6 +9,10 @@ transforms rescale each image to [0, 1].
 
 Geometry follows ITK: a pixel's index is (column i, row j, frame k); ``direction`` holds the LPS unit vectors of
 increasing i, j and k as its columns, ``origin`` is the LPS position of the centre of pixel (0, 0, 0).
+
+One module although long: pictures, DICOM (with its many pixel encodings, under pydicom 2.4 and 3) and volumes
+all end in the same :class:`UltrasoundImage` with the same grey conversion and checks, which are this module's
+point; split, those rules would be spread over several files.
 """
 
 from __future__ import annotations
