@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,9 +161,15 @@ def test_help_explains_every_option():
 
 def test_wheel_carries_the_bundle_and_its_tool_works_from_any_folder(tmp_path):
     """``pip install`` of the built wheel (dependencies already present) gives a busi-segment that runs its own bundle."""
-    wheels, target = tmp_path / "wheels", tmp_path / "installed"
+    wheels, target, source = tmp_path / "wheels", tmp_path / "installed", tmp_path / "source"
+    # built from a copy: setuptools builds in the source tree and would leave build/ behind in the checkout
+    skip = shutil.ignore_patterns("runs", "eval", "__pycache__")
+    for part in ("pyproject.toml", "README.md", "LICENSE", "monai_bundle", "BUSISegmentation/BUSISegmentationLib"):
+        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
+        (source / part).parent.mkdir(parents=True, exist_ok=True)
+        copy(REPO / part, source / part, **({"ignore": skip} if (REPO / part).is_dir() else {}))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(wheels)], check=True)
+    subprocess.run([*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(wheels)], check=True)
     (wheel,) = wheels.glob("busi_segmentation-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(target), str(wheel)], check=True)
     work = tmp_path / "elsewhere"

@@ -319,10 +319,10 @@ def test_the_vocabulary_reader_the_lib_loads_needs_only_the_standard_library() -
 
 
 def test_segments_match_what_the_bundle_writes() -> None:
-    writers = pytest.importorskip("scripts.writers", reason="bundle writers not importable")
+    # the bundle's writers name, colour and code their segments from the same vocabulary
     descriptions = {d.value: d for d in load_label_descriptions()}
-    for segment in writers.SEGMENTS:
-        description = descriptions[segment.label]
-        assert description.name == segment.name
-        assert f"{segment.type_code[0]}^{segment.type_code[1]}^" in description.terminology_entry
-        assert description.color == pytest.approx(segment.color, abs=1 / 255)
+    for label in load_vocabulary().lesions:
+        description = descriptions[label.value]
+        assert description.name == label.name
+        assert f"{label.type.scheme}^{label.type.value}^" in description.terminology_entry
+        assert description.color == pytest.approx(tuple(c / 255 for c in label.color), abs=1 / 255)

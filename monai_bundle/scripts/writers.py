@@ -49,7 +49,6 @@ if TYPE_CHECKING:  # the writers only read the lesions' attributes; postprocess 
 
 __all__ = [
     "SegmentationResult",
-    "SEGMENTS",
     "SUPPORTED_FORMATS",
     "LESION_COLUMNS",
     "default_formats",
@@ -62,23 +61,6 @@ def _unit_rgb(label: Label) -> tuple[float, float, float]:
     """The label's display colour as RGB in [0, 1] (the vocabulary stores 0-255)."""
     return tuple(channel / 255.0 for channel in label.color)
 
-
-@dataclass(frozen=True)
-class SegmentInfo:
-    """Name, colour (RGB in [0, 1]) and SNOMED CT type code (scheme, value, meaning) of one lesion label."""
-
-    label: int
-    name: str
-    color: tuple[float, float, float]
-    type_code: tuple[str, str, str]
-
-
-# A read-only view of configs/labels.json for code that compares with what the writers write (the 3D Slicer module's
-# tests); the writers themselves read the vocabulary.
-SEGMENTS = tuple(
-    SegmentInfo(label.value, label.name, _unit_rgb(label), (label.type.scheme, label.type.value, label.type.meaning))
-    for label in load_vocabulary().lesions
-)
 
 SUPPORTED_FORMATS = ("png", "nifti", "seg.nrrd", "dicom-seg")
 LESION_COLUMNS = (
