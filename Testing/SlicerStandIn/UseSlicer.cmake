@@ -14,22 +14,20 @@ endif()
 # Extensions are installed in the same layout as Slicer itself (Linux: no bundle prefix).
 set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR "${Slicer_INSTALL_ROOT}${Slicer_QTSCRIPTEDMODULES_LIB_DIR}")
 
-# Defaults of the optional extension metadata.
-if(NOT DEFINED EXTENSION_DEPENDS)
-  set(EXTENSION_DEPENDS "NA")
-endif()
-if(NOT DEFINED EXTENSION_BUILD_SUBDIRECTORY)
-  set(EXTENSION_BUILD_SUBDIRECTORY ".")
-endif()
-if(NOT DEFINED EXTENSION_ENABLED)
-  set(EXTENSION_ENABLED 1)
-endif()
-if(NOT DEFINED EXTENSION_LICENSE_FILE)
-  set(EXTENSION_LICENSE_FILE "${Slicer_LICENSE_FILE}")
-endif()
-if(NOT DEFINED EXTENSION_README_FILE)
-  set(EXTENSION_README_FILE "${Slicer_README_FILE}")
-endif()
+# Defaults of the optional extension metadata: (variable, default) pairs.
+foreach(pair IN ITEMS "DEPENDS|NA" "BUILD_SUBDIRECTORY|." "ENABLED|1" "LICENSE_FILE|${Slicer_LICENSE_FILE}"
+                      "README_FILE|${Slicer_README_FILE}")
+  string(REPLACE "|" ";" pair "${pair}")
+  list(GET pair 0 name)
+  list(LENGTH pair length)
+  set(default "")
+  if(length GREATER 1)
+    list(GET pair 1 default)
+  endif()
+  if(NOT DEFINED EXTENSION_${name})
+    set(EXTENSION_${name} "${default}")
+  endif()
+endforeach()
 
 include(CTest)
 
