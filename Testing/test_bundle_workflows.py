@@ -144,12 +144,14 @@ def test_training_starts_from_initial_weights(trained, tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_epoch=*.pt")) == [
         "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"]
 
+    missing = ConfigWorkflow(
+        config_file=[str(CONFIGS / f) for f in TRAINING], meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False, workflow_type="train", bundle_root=str(BUNDLE),
+        initial_weights=str(tmp_path / "missing.pt"), **{**override, "output_dir": str(tmp_path / "other")},
+    )
+    missing.initialize()
     with pytest.raises(RuntimeError) as failure:
-        ConfigWorkflow(
-            config_file=[str(CONFIGS / f) for f in TRAINING], meta_file=str(CONFIGS / "metadata.json"),
-            logging_file=False, workflow_type="train", bundle_root=str(BUNDLE),
-            initial_weights=str(tmp_path / "missing.pt"), **{**override, "output_dir": str(tmp_path / "other")},
-        ).initialize()
+        missing.run()
     assert "missing.pt: initial weights not found" in str(failure.value.__cause__)
 
 

@@ -1,4 +1,5 @@
-"""BUSI preparation on the real dataset and on bad folders; metrics and lesion postprocessing on hand-made arrays."""
+"""BUSI preparation on the real dataset and on bad folders; metrics, lesion postprocessing and anti-aliasing on
+hand-made arrays."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Resize
+from scipy import ndimage
 
 from scripts.metrics import bootstrap_ci, image_metrics
-from scripts.postprocess import find_lesions, measure_lesions
+from scripts.postprocess import _fill_holes, find_lesions, measure_lesions
 from scripts.prepare import BUSIPreparation
+from scripts.transforms import AntiAliasd
 
 BUSI = Path(__file__).resolve().parents[2] / "shared" / "data" / "BUSI"
 
@@ -140,3 +146,22 @@ def test_image_head_keeps_normal_images_empty_and_lesions_are_measured_at_any_si
     assert lesions[0].confidence == pytest.approx(0.7)
     with pytest.raises(ValueError, match="expected probabilities of shape"):
         find_lesions(probabilities[:2])
+
+
+def test_holes_are_filled_as_scipy_fills_them():
+    rng = np.random.default_rng(0)
+    for index in range(60):
+        seeds = rng.random((96, 128)) < rng.uniform(0.002, 0.05)
+        mask = ndimage.binary_dilation(seeds, iterations=int(rng.integers(1, 6)))
+        mask = ~mask if index % 3 == 0 else mask  # rings and frames too
+        np.testing.assert_array_equal(_fill_holes(mask), ndimage.binary_fill_holes(mask))
+
+
+@pytest.mark.parametrize("shape", [(470, 560), (300, 200), (256, 700), (100, 120)])
+def test_anti_aliasing_is_that_of_monai_resize(shape):
+    frame = MetaTensor(torch.from_numpy(np.random.default_rng(1).random((1, *shape), dtype=np.float32)))
+    expected = Resize((256, 256), mode="bilinear", anti_aliasing=True)(frame)
+    smoothed = AntiAliasd("image", spatial_size=(256, 256))({"image": frame})["image"]
+    assert isinstance(smoothed, MetaTensor) and smoothed.shape == frame.shape
+    resized = Resize((256, 256), mode="bilinear")(smoothed)
+    np.testing.assert_allclose(resized.numpy(), expected.numpy(), atol=1e-5)

@@ -1,4 +1,4 @@
-"""Bundle transforms that MONAI does not provide: loading through the project's reader, speckle noise."""
+"""Bundle transforms that MONAI does not provide: loading through the project's reader, anti-aliasing, speckle noise."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import MapTransform, RandomizableTransform
+from monai.utils import convert_to_dst_type
 from PIL import Image
+from scipy import ndimage
 
 from scripts.reader import read_image
 
-__all__ = ["LoadUltrasoundd", "RandSpeckleNoised"]
+__all__ = ["AntiAliasd", "LoadUltrasoundd", "RandSpeckleNoised"]
 
 
 def _to_meta_tensor(frame: np.ndarray, path: str) -> MetaTensor:
@@ -49,6 +52,40 @@ class LoadUltrasoundd(MapTransform):
             else:
                 frame = read_image(path).frames[0]
             d[key] = _to_meta_tensor(frame, path)
+        return d
+
+
+class AntiAliasd(MapTransform):
+    """Smooth a frame before it is downsampled to ``spatial_size``, exactly as ``Resize(anti_aliasing=True)`` does.
+
+    The same filter as MONAI's: per downsampled axis a Gaussian of sigma ``(input / output - 1) / 2`` (the
+    ``skimage`` rule), MONAI's erf-sampled kernel truncated at 4 sigma, zero padding. It is computed with scipy,
+    which on one 2D frame takes a fraction of the time of MONAI's torch convolution; ``Resized`` without
+    anti-aliasing follows. The frame keeps its geometry, so there is nothing to invert.
+
+    Args:
+        keys: image keys (never label maps).
+        spatial_size: the size the frame is about to be resized to.
+    """
+
+    def __init__(self, keys: KeysCollection, spatial_size: tuple[int, ...], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_size = tuple(spatial_size)
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            shape = image.shape[1:]
+            if all(size <= out for size, out in zip(shape, self.spatial_size)):
+                continue
+            smoothed = np.asarray(image, dtype=np.float32)
+            for axis, (size, out) in enumerate(zip(shape, self.spatial_size), start=1):
+                sigma = (size / out - 1) / 2
+                if sigma > 0:
+                    kernel = gaussian_1d(torch.tensor(sigma), truncated=4.0, approx="erf").numpy()
+                    smoothed = ndimage.correlate1d(smoothed, kernel, axis=axis, mode="constant")
+            d[key] = convert_to_dst_type(smoothed, image, dtype=torch.float32)[0]
         return d
 
 

@@ -287,18 +287,24 @@ def overlay_picture(grey: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """
     # Robust display range: a few saturated pixels (text, markers) must not darken the image.
     # (estimated on every 4th row and column: the full-frame sort would cost more than the rest of the overlay)
-    low, high = np.percentile(grey[::4, ::4], (0.5, 99.5))
-    scaled = np.clip((grey - low) / max(float(high - low), 1e-6), 0.0, 1.0)
-    picture = np.repeat(scaled[..., np.newaxis], 3, axis=2)
+    low, high = (float(v) for v in np.percentile(grey[::4, ::4], (0.5, 99.5)))
+    shown = np.clip((grey - low) * (255.0 / max(high - low, 1e-6)) + 0.5, 0, 255).astype(np.uint8)
+    picture = np.repeat(shown[..., np.newaxis], 3, axis=2)
+    grey_levels = np.arange(256, dtype=np.float32)[:, np.newaxis]
     for label in load_vocabulary().lesions:
         mask = labels == label.value
-        if not mask.any():
+        rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if not rows.size:
             continue
-        colour = np.asarray(_unit_rgb(label))
-        picture[mask] = (1 - OVERLAY_OPACITY) * picture[mask] + OVERLAY_OPACITY * colour
-        outline = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(grey.shape) // 300))
-        picture[outline] = colour
-    return np.round(picture * 255).astype(np.uint8)
+        colour = np.asarray(label.color, dtype=np.float32)
+        blended = np.round((1 - OVERLAY_OPACITY) * grey_levels + OVERLAY_OPACITY * colour).astype(np.uint8)
+        # only inside the label's bounding box: the erosion sees nothing but zeros beyond it either way
+        box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+        inside, region = mask[box], picture[box]
+        region[inside] = blended[shown[box][inside]]
+        outline = inside & ~ndimage.binary_erosion(inside, iterations=max(1, min(grey.shape) // 300))
+        region[outline] = label.color
+    return picture
 
 
 def _write_overlay(result: SegmentationResult, paths: list[Path]) -> None:
