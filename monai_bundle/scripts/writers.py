@@ -25,6 +25,7 @@ One module although long: the output names, the all-or-nothing writing and the p
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import re
@@ -164,7 +165,9 @@ def earlier_outputs(output_stem: Path) -> list[Path]:
     # overlay.png: what earlier versions wrote
     suffixes = ("seg.nii.gz", "seg.seg.nrrd", "lesions.csv", "lesions.json", "overlay.jpg", "overlay.png")
     fixed = {f"{stem.name}_{suffix}" for suffix in suffixes}
-    return sorted(p for p in stem.parent.iterdir() if p.is_file() and (p.name in fixed or frame.match(p.name)))
+    # matched by name before any file-system call: a folder of many results is listed, not stat'ed file by file
+    candidates = stem.parent.glob(glob.escape(stem.name) + "_*")
+    return sorted(p for p in candidates if (p.name in fixed or frame.match(p.name)) and p.is_file())
 
 
 def remove_earlier_outputs(output_stem: Path, keep: Sequence[Path]) -> list[Path]:
