@@ -6,8 +6,9 @@ Printed, and written to a JSON file:
 2. the bare forward pass of the inference network, per image at batch 1, in float32 and in the precision the
    inference config uses (bf16 where the hardware has it);
 3. the bundle inference end to end, as the marginal time per BUSI-sized image (a long run minus a short run,
-   divided by the difference in images, so start-up and weight loading cancel out), with the default outputs and
-   with label maps only (no overlays), and the work around the network: end to end minus bare forward;
+   divided by the difference in images, so start-up and weight loading cancel out; both after an untimed warm-up
+   run), with the default outputs and with label maps only (no overlays), and the work around the network: end to
+   end minus bare forward;
 4. training throughput, images/s, of one training step (forward, loss, backward, optimiser) at the training
    batch size, in float32 and in bf16.
 
