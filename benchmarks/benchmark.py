@@ -92,6 +92,7 @@ def end_to_end_ms(images: int, size: tuple[int, int], image_size: list[int], ove
         for index in range(images):
             picture = rng.gamma(4.0, 30.0, size).clip(0, 255).astype(np.uint8)
             Image.fromarray(picture).save(inputs / f"scan{index:04d}.png")
+
         def seconds(count: int, name: str) -> float:
             files = sorted(str(p) for p in inputs.iterdir())[:count]
             parser = parser_for(
