@@ -76,11 +76,8 @@ class AntiAliasd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
-            shape = image.shape[1:]
-            if all(size <= out for size, out in zip(shape, self.spatial_size)):
-                continue
             smoothed = np.asarray(image, dtype=np.float32)
-            for axis, (size, out) in enumerate(zip(shape, self.spatial_size), start=1):
+            for axis, (size, out) in enumerate(zip(image.shape[1:], self.spatial_size), start=1):
                 sigma = (size / out - 1) / 2
                 if sigma > 0:
                     kernel = gaussian_1d(torch.tensor(sigma), truncated=4.0, approx="erf").numpy()
