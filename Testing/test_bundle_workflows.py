@@ -213,6 +213,39 @@ def test_inference_segments_folder_and_reports_bad_files(trained, tmp_path, caps
     assert sorted(p.name for p in inside.rglob("*.png")) == ["colour_seg.png", "grey_seg.png"]
 
 
+def test_parallel_workers_give_the_results_of_one_worker(trained, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(5)
+    for index in range(7):
+        Image.fromarray(rng.integers(0, 255, (40 + index, 50), dtype=np.uint8)).save(inputs / f"scan{index}.png")
+    (inputs / "scan9.png").write_bytes(b"not a picture")
+    Image.open(inputs / "scan0.png").save(inputs / "scan0.jpg")  # found first: scan0.png may not overwrite it
+    threads = torch.get_num_threads()
+    label_maps, written = {}, {}
+    for workers in (1, 3):
+        parser = ConfigParser()
+        parser.read_config(str(CONFIGS / "inference.json"))
+        parser.update({"bundle_root": str(BUNDLE), "image_size": [32, 32], "mixed_precision": False,
+                       "checkpoint": str(trained["output_dir"] / "model.pt"), "input_dir": str(inputs),
+                       "output_dir": str(tmp_path / f"out{workers}"), "progress": "lines", "workers": workers})
+        runner = parser.get_parsed_content("runner")
+        with pytest.raises(SystemExit, match="2 of 9 inputs failed"):
+            runner.run()
+        assert torch.get_num_threads() == threads
+        lines = capsys.readouterr().out.splitlines()
+        assert [line for line in lines if line.startswith("PROGRESS")] == [f"PROGRESS {k} 9" for k in range(1, 10)]
+        clash, unreadable = sorted(line for line in lines if line.startswith("ERROR"))
+        assert clash == f"ERROR {inputs / 'scan0.png'}: its outputs would overwrite those of {inputs / 'scan0.jpg'}"
+        assert unreadable.startswith(f"ERROR {inputs / 'scan9.png'}: cannot be read as an image")
+        out = tmp_path / f"out{workers}"
+        label_maps[workers] = [np.asarray(Image.open(p)) for p in sorted(out.glob("*_seg.png"))]
+        written[workers] = sorted(p.name for p in out.iterdir())
+    assert written[1] == written[3] and len(label_maps[3]) == 7
+    for one, several in zip(label_maps[1], label_maps[3]):
+        assert (one == several).mean() > 0.99
+
+
 def test_inference_replaces_earlier_results_of_the_same_input(trained, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
