@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -180,6 +181,25 @@ def test_out_of_fold_evaluation_writes_metrics_and_figures(trained, tmp_path):
     assert sum(map(sum, summary["confusion_matrix"]["counts"])) == len(items)
     for figure in ("confusion_matrix.png", "examples.png", "training_curves.png"):
         assert (tmp_path / figure).stat().st_size > 1000
+
+
+def test_postprocessing_search_scores_every_setting_out_of_fold(trained, tmp_path):
+    weights = str(trained["output_dir"] / "model.pt")
+    grid = {"min_confidence": [0.5, 0.8], "max_normal_probability": [0.5, 1.0], "image_class_weight": [0.0, 1.0]}
+    workflow = run_workflow(
+        [*TRAINING, "evaluate.json", "tune.json"], image_size=[32, 32],
+        dataset_dir=trained["override"]["dataset_dir"], prepared_dir=str(trained["prepared_dir"]),
+        fold_weights=[weights] * 5, eval_folds=[0, 1], output_dir=str(tmp_path), **{"search#grid": grid},
+    )
+    with open(tmp_path / "postprocessing_search.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    tried = {tuple(float(r[k]) for k in grid) for r in rows}
+    assert len(rows) == 8 and tried == set(itertools.product(*grid.values()))
+    means = [float(r["mean_of_targets"]) for r in rows]
+    assert means == sorted(means, reverse=True) and all(0 <= m <= 1 for m in means)
+    # the shipped settings are back in place after the search
+    settings = workflow.parser.get_parsed_content("postprocessing#transforms#0").settings
+    assert settings["min_confidence"] == workflow.parser.get_parsed_content("min_lesion_confidence")
 
 
 def test_inference_segments_folder_and_reports_bad_files(trained, tmp_path, capsys):

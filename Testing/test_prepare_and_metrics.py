@@ -148,6 +148,22 @@ def test_image_head_keeps_normal_images_empty_and_lesions_are_measured_at_any_si
         find_lesions(probabilities[:2])
 
 
+def test_image_head_weighs_in_on_each_lesions_class():
+    probabilities = np.zeros((3, 20, 20), dtype=np.float32)
+    probabilities[0] = 1.0
+    probabilities[:, 2:6, 2:6] = np.array([0.1, 0.6, 0.3])[:, None, None]  # malignant share of the pixels: 1/3
+    probabilities[:, 10:18, 10:18] = np.array([0.1, 0.2, 0.7])[:, None, None]  # 7/9
+    malignant_image = np.array([0.0, 0.2, 0.8])  # malignant share of the head: 0.8
+
+    def classes(weight: float) -> list[int]:
+        return [label for label, _ in find_lesions(probabilities, malignant_image, image_class_weight=weight)[1]]
+
+    assert classes(0.0) == [1, 2]  # the pixels alone decide, as without the setting
+    assert classes(0.3) == [1, 2]  # 0.7 * 1/3 + 0.3 * 0.8 = 0.473
+    assert classes(0.4) == [2, 2]  # 0.6 * 1/3 + 0.4 * 0.8 = 0.52: the head tips the first lesion
+    assert classes(1.0) == [2, 2]
+
+
 def test_holes_are_filled_as_scipy_fills_them():
     rng = np.random.default_rng(0)
     for index in range(60):

@@ -66,6 +66,7 @@ def find_lesions(
     min_area_fraction: float = 0.001,
     min_confidence: float = 0.5,
     max_normal_probability: float = 1.0,
+    image_class_weight: float = 0.0,
 ) -> tuple[np.ndarray, list[tuple[int, float]]]:
     """Lesion-number map and ``(label, confidence)`` of each lesion, at the probabilities' resolution.
 
@@ -75,6 +76,9 @@ def find_lesions(
         min_area_fraction: lesions smaller than this fraction of the frame are dropped.
         min_confidence: lesions whose mean lesion probability (benign + malignant) is below this are dropped.
         max_normal_probability: no lesion is kept when the image head's normal probability is above this.
+        image_class_weight: how much the image head, rather than the lesion's pixels, decides whether a lesion is
+            malignant: the lesion is malignant when the weighted mean of the two malignant shares (malignant over
+            benign + malignant, of the pixels summed over the lesion and of the image head) is above one half.
 
     Returns:
         int32 map (0 none, k for the k-th lesion) and the lesions' (label, confidence), numbered from 1.
@@ -87,13 +91,18 @@ def find_lesions(
     lesion_probability = pixel_probabilities[1] + pixel_probabilities[2]
     components, _ = ndimage.label(_fill_holes(lesion_probability > 0.5))
     min_area = min_area_fraction * numbers.size
+    image_malignant_share = 0.5
+    if image_probabilities is not None:
+        image_malignant_share = image_probabilities[2] / max(image_probabilities[1] + image_probabilities[2], 1e-6)
     found = []
     for index, region in enumerate(ndimage.find_objects(components), start=1):
         mask = components[region] == index
         if mask.sum() < min_area or lesion_probability[region][mask].mean() < min_confidence:
             continue
         benign, malignant = (pixel_probabilities[c][region][mask].sum() for c in (1, 2))
-        label = 2 if malignant > benign else 1
+        malignant_share = malignant / max(benign + malignant, 1e-6)
+        weighted = (1 - image_class_weight) * malignant_share + image_class_weight * image_malignant_share
+        label = 2 if weighted > 0.5 else 1
         numbers[region][mask] = len(found) + 1
         found.append((label, round(float(pixel_probabilities[label][region][mask].mean()), 4)))
     return numbers, found
@@ -142,12 +151,14 @@ class FindLesionsd(MapTransform):
         min_area_fraction: float = 0.001,
         min_confidence: float = 0.5,
         max_normal_probability: float = 1.0,
+        image_class_weight: float = 0.0,
     ) -> None:
         super().__init__(keys)
         self.settings = dict(
             min_area_fraction=min_area_fraction,
             min_confidence=min_confidence,
             max_normal_probability=max_normal_probability,
+            image_class_weight=image_class_weight,
         )
 
     def __call__(self, data: dict) -> dict:

@@ -63,16 +63,23 @@ class PostprocessingSearch:
         """Score every combination; returns the rows, best first."""
         default = dict(self.lesion_finder.settings)
         scores: list[list[dict]] = [[] for _ in self.settings]
+        key = self.lesion_finder.keys[0]  # where the lesion finder puts its lesion-number map
         try:
             for item in self.datalist:
                 self.runner.use_checkpoint(self.fold_weights[item["fold"]])
                 predicted = self.runner.probabilities(read_image(item["image"]).frames[:1])[0]
                 with Image.open(item["label"]) as pil:
                     truth = np.asarray(pil, dtype=np.uint8)
+                # most settings find the same lesions in an image: score each distinct outcome once
+                scored: dict[bytes, dict] = {}
                 for setting, per_image in zip(self.settings, scores):
                     self.lesion_finder.settings.update(setting)
-                    labels = np.asarray(self.runner.postprocessing(dict(predicted))["pred"])[0]
-                    per_image.append(image_metrics(labels, truth))
+                    found = self.lesion_finder(dict(predicted))
+                    outcome = np.asarray(found[key]).tobytes() + repr(found[f"{key}_found"]).encode()
+                    if outcome not in scored:
+                        labels = np.asarray(self.runner.postprocessing(dict(predicted))["pred"])[0]
+                        scored[outcome] = image_metrics(labels, truth, surface_distance=False)
+                    per_image.append(scored[outcome])
         finally:
             self.lesion_finder.settings.update(default)
         rows = []
