@@ -156,6 +156,22 @@ def test_training_starts_from_initial_weights(trained, tmp_path):
     assert "missing.pt: initial weights not found" in str(failure.value.__cause__)
 
 
+def test_training_on_every_image_holds_nothing_out(trained, tmp_path):
+    """``--fold all``: the weights to ship train on all usable images, with no validation to run."""
+    override = {**trained["override"], "output_dir": str(tmp_path / "run"), "averaged_epochs": 1}
+    workflow = run_workflow(TRAINING, "train", fold="all", max_epochs=1, **override)
+    parser = workflow.parser
+    usable = json.loads((trained["prepared_dir"] / "datalist.json").read_text())["items"]
+    assert len(parser.get_parsed_content("train#dataset")) == len(usable)
+    assert parser.get_parsed_content("fold_datalist")["validation"] == []
+    assert parser.get_parsed_content("validate#evaluator").state.epoch == 0
+    assert (tmp_path / "run" / "model.pt").is_file()
+    defaults = ConfigParser()
+    defaults.read_config([str(CONFIGS / f) for f in TRAINING])
+    defaults.update({"bundle_root": "bundle", "fold": "all"})
+    assert defaults.get_parsed_content("output_dir") == "bundle/runs/all"
+
+
 def test_out_of_fold_evaluation_writes_metrics_and_figures(trained, tmp_path):
     """Each image is segmented by its fold's network (here: the same tiny network stands in for every fold)."""
     weights = str(trained["output_dir"] / "model.pt")

@@ -153,15 +153,18 @@ class BUSIPreparation:
         dataset_dir: folder in the public BUSI layout; only read.
         output_dir: where labels, ``datalist.json`` and ``report.json`` go; must not be inside ``dataset_dir``.
         folds: number of cross-validation folds.
-        fold: the fold held out by :meth:`load_datalist` (0 .. folds - 1).
+        fold: the fold held out by :meth:`load_datalist` (0 .. folds - 1), or ``"all"`` to hold out nothing (the
+            weights to ship, trained once the folds have judged the recipe).
         seed: seed of the fold assignment.
     """
 
-    def __init__(self, dataset_dir: str, output_dir: str, folds: int = 5, fold: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self, dataset_dir: str, output_dir: str, folds: int = 5, fold: int | str = 0, seed: int = 0
+    ) -> None:
         self.dataset_dir = Path(dataset_dir).resolve()
         self.output_dir = Path(output_dir).resolve()
-        if folds < 2 or not 0 <= fold < folds:
-            raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got folds={folds}, fold={fold}")
+        if folds < 2 or not (fold == "all" or isinstance(fold, int) and 0 <= fold < folds):
+            raise ValueError(f"need folds >= 2 and 0 <= fold < folds or fold 'all', got folds={folds}, fold={fold}")
         self.folds = folds
         self.fold = fold
         self.seed = seed
@@ -185,6 +188,8 @@ class BUSIPreparation:
 
     def load_datalist(self) -> dict[str, list[dict]]:
         """``training`` (every fold but ``fold``), ``validation`` (``fold``) and ``all`` usable images.
+
+        With ``fold="all"`` every usable image is for training and none for validation.
 
         The dataset is prepared first when needed.
         """
