@@ -217,6 +217,22 @@ def test_postprocessing_search_scores_every_setting_out_of_fold(trained, tmp_pat
     settings = workflow.parser.get_parsed_content("postprocessing#transforms#0").settings
     assert settings["min_confidence"] == workflow.parser.get_parsed_content("min_lesion_confidence")
 
+    # what choosing is worth: fold 0's setting is one of the best on fold 1 alone, and the reverse
+    with open(tmp_path / "chosen_without_each_fold.csv") as stream:
+        chosen = list(csv.DictReader(stream))
+    assert [r["fold"] for r in chosen] == [
+        "0", "1", "all, each fold's setting chosen on the others", "all, default settings"]
+    for fold, other in ((0, 1), (1, 0)):
+        run_workflow(
+            [*TRAINING, "evaluate.json", "tune.json"], image_size=[32, 32],
+            dataset_dir=trained["override"]["dataset_dir"], prepared_dir=str(trained["prepared_dir"]),
+            fold_weights=[weights] * 5, eval_folds=[other], output_dir=str(tmp_path / f"fold{other}"),
+            **{"search#grid": grid},
+        )
+        with open(tmp_path / f"fold{other}" / "postprocessing_search.csv") as stream:
+            on_other = {tuple(float(r[k]) for k in grid): float(r["mean_of_targets"]) for r in csv.DictReader(stream)}
+        assert on_other[tuple(float(chosen[fold][k]) for k in grid)] == max(on_other.values())
+
 
 def test_inference_segments_folder_and_reports_bad_files(trained, tmp_path, capsys):
     inputs = tmp_path / "in"
