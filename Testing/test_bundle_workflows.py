@@ -299,6 +299,31 @@ def test_parallel_workers_give_the_results_of_one_worker(trained, tmp_path, caps
         assert (one == several).mean() > 0.99
 
 
+def test_a_list_of_checkpoints_segments_with_their_average(trained, tmp_path):
+    """An ensemble is a list of weights: one copy of the network per file, probabilities averaged."""
+    first = tmp_path / "epoch1.pt"
+    torch.save(torch.load(trained["output_dir"] / "checkpoint_epoch=1.pt", weights_only=True)["model"], first)
+    last = str(trained["output_dir"] / "model.pt")
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "image_size": [32, 32], "mixed_precision": False,
+                   "checkpoint": [last, str(first)], "output_dir": str(tmp_path / "out")})
+    runner = parser.get_parsed_content("runner")
+    frames = [np.random.default_rng(3).integers(0, 255, (40, 52)).astype(np.float32)]
+    averaged = runner.probabilities(frames)[0]["pred"]
+    assert isinstance(runner.network, torch.nn.ModuleList) and len(runner.network) == 2
+    singles = []
+    for weights in (last, str(first)):
+        runner.use_checkpoint(weights)
+        singles.append(runner.probabilities(frames)[0]["pred"])
+        assert not isinstance(runner.network, torch.nn.ModuleList)
+    assert not torch.allclose(singles[0], singles[1])
+    assert torch.allclose(averaged, (singles[0] + singles[1]) / 2, atol=1e-6)
+    runner.use_checkpoint([last, str(tmp_path / "missing.pt")])
+    with pytest.raises(FileNotFoundError, match="missing.pt: model weights not found"):
+        runner.probabilities(frames)
+
+
 def test_inference_replaces_earlier_results_of_the_same_input(trained, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

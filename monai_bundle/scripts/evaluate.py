@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from scripts.inference import BatchSegmentation
+from scripts.inference import BatchSegmentation, checkpoint_paths
 from scripts.labels import load_vocabulary
 from scripts.metrics import bootstrap_ci, image_metrics
 from scripts.reader import read_image
@@ -88,8 +88,8 @@ class Evaluation:
         runner: the bundle's inference (its ``segment`` is used, nothing is written by it).
         datalist: items with ``image`` (path), ``label`` (label-map PNG, 0/1/2), ``name`` and, out of fold, ``fold``.
         output_dir: where the results go.
-        fold_weights: weights of each fold's network, by fold; each item is then segmented by the network of its
-            fold. None segments every item with the runner's own weights.
+        fold_weights: weights of each fold's network (or list of networks, an ensemble), by fold; each item is then
+            segmented by the network of its fold. None segments every item with the runner's own weights.
         eval_folds: the folds whose items are evaluated (default: all of ``fold_weights``); lets a partly
             trained cross-validation be scored on the folds that are done.
         training_log_dir: TensorBoard folder of the training run, for the training-curve figure (optional).
@@ -103,7 +103,7 @@ class Evaluation:
         runner: BatchSegmentation,
         datalist: list[dict],
         output_dir: str,
-        fold_weights: list[str] | None = None,
+        fold_weights: list[str | list[str]] | None = None,
         eval_folds: list[int] | None = None,
         training_log_dir: str | None = None,
         bootstrap_samples: int = 1000,
@@ -112,7 +112,8 @@ class Evaluation:
     ) -> None:
         if fold_weights is not None:
             eval_folds = list(range(len(fold_weights))) if eval_folds is None else list(eval_folds)
-            if missing := [str(fold_weights[k]) for k in eval_folds if not Path(fold_weights[k]).is_file()]:
+            needed = [path for k in eval_folds for path in checkpoint_paths(fold_weights[k])]
+            if missing := [str(path) for path in needed if not path.is_file()]:
                 raise FileNotFoundError(f"fold weights not found: {', '.join(missing)}")
             datalist = sorted((item for item in datalist if item["fold"] in eval_folds), key=lambda i: i["fold"])
         if not datalist:

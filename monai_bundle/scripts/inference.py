@@ -10,6 +10,7 @@ skipped; the others are still done, and the run ends with a non-zero exit code.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from scripts.writers import (
     write_outputs,
 )
 
-__all__ = ["BatchSegmentation", "find_inputs", "input_datalist", "output_stem"]
+__all__ = ["BatchSegmentation", "checkpoint_paths", "find_inputs", "input_datalist", "output_stem"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,11 @@ def input_datalist(input_dir: str | None, input_files: Sequence[str] = ()) -> li
     return [{"image": str(path)} for path, _ in find_inputs(input_dir, input_files)]
 
 
+def checkpoint_paths(checkpoint: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The weights files of a checkpoint setting: one path, or a list of them for an ensemble."""
+    return [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else [Path(path) for path in checkpoint]
+
+
 def output_stem(path: Path, root: Path, output_dir: Path) -> Path:
     """``output_dir/<path relative to root>`` without its suffix (``.nii.gz`` counts as one suffix)."""
     relative = path.relative_to(root)
@@ -87,7 +93,8 @@ class BatchSegmentation:
         output_dir: where results go.
         input_dir: folder (or folders) searched recursively for images; None when only ``input_files`` are given.
         input_files: single files to segment.
-        checkpoint: weights to load (a state dict), None when the network is already loaded.
+        checkpoint: weights to load (a state dict), or a list of them for an ensemble: ``network`` is copied once
+            per checkpoint and ``inferer`` averages the copies' probabilities; None when the network is loaded.
         formats: "auto" (each input's default, e.g. PNG for pictures, DICOM SEG for DICOM) or a comma-separated
             string or list of :data:`scripts.writers.SUPPORTED_FORMATS`.
         overlays: also write an overlay picture per input.
@@ -107,7 +114,7 @@ class BatchSegmentation:
         output_dir: str,
         input_dir: str | Sequence[str] | None = None,
         input_files: Sequence[str] = (),
-        checkpoint: str | None = None,
+        checkpoint: str | Sequence[str] | None = None,
         formats: str | Sequence[str] = "auto",
         overlays: bool | str = True,
         device: torch.device | str = "cpu",
@@ -122,6 +129,7 @@ class BatchSegmentation:
             raise ValueError(f"unknown output format(s) {unknown}; choose from {list(SUPPORTED_FORMATS)} or 'auto'")
         make_progress(progress)  # fail on a bad value now, not after the first file
         self.network = network
+        self._member = network  # the network each checkpoint of an ensemble is loaded into a copy of
         self.preprocessing = preprocessing
         self.inferer = inferer
         self.postprocessing = postprocessing
@@ -139,18 +147,21 @@ class BatchSegmentation:
         self._weights_loaded = checkpoint is None
 
     def load_weights(self) -> None:
-        """Load ``checkpoint`` into the network once (weights only, never pickled code)."""
+        """Load ``checkpoint`` (each of them, for an ensemble) once: weights only, never pickled code."""
         if self._weights_loaded:
             return
-        if not Path(self.checkpoint).is_file():
-            raise FileNotFoundError(f"{self.checkpoint}: model weights not found")
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        self.network.load_state_dict(state)
-        self.network.eval()
+        checkpoints = checkpoint_paths(self.checkpoint)
+        if missing := [str(path) for path in checkpoints if not path.is_file()]:
+            raise FileNotFoundError(f"{', '.join(missing)}: model weights not found")
+        members = [self._member] + [copy.deepcopy(self._member) for _ in checkpoints[1:]]
+        for member, path in zip(members, checkpoints):
+            member.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+            member.eval()
+        self.network = members[0] if len(members) == 1 else torch.nn.ModuleList(members)
         self._weights_loaded = True
 
-    def use_checkpoint(self, checkpoint: str) -> None:
-        """Segment with the weights of ``checkpoint`` from now on (loaded when first needed)."""
+    def use_checkpoint(self, checkpoint: str | Sequence[str]) -> None:
+        """Segment with the weights of ``checkpoint`` (a list: an ensemble) from now on, loaded when first needed."""
         if checkpoint != self.checkpoint:
             self.checkpoint, self._weights_loaded = checkpoint, False
 

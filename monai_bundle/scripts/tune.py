@@ -37,7 +37,7 @@ class PostprocessingSearch:
         runner: the bundle's inference; its postprocessing is applied with each setting in turn.
         lesion_finder: the runner's lesion-finding step, whose ``settings`` are varied.
         datalist: items with ``image``, ``label`` and ``fold`` paths.
-        fold_weights: weights of each fold's network, by fold.
+        fold_weights: weights of each fold's network (or list of networks, an ensemble), by fold.
         eval_folds: folds whose images are used.
         output_dir: where ``postprocessing_search.csv`` goes.
         grid: values to try for each setting of ``lesion_finder``.
@@ -48,14 +48,15 @@ class PostprocessingSearch:
         runner: BatchSegmentation,
         lesion_finder: FindLesionsd,
         datalist: list[dict],
-        fold_weights: list[str],
+        fold_weights: list[str | list[str]],
         eval_folds: list[int],
         output_dir: str,
         grid: dict[str, list[float]],
     ) -> None:
         self.runner = runner
         self.lesion_finder = lesion_finder
-        self.datalist = [item for item in datalist if item["fold"] in eval_folds]
+        # fold by fold, so that each fold's weights are loaded once
+        self.datalist = sorted((item for item in datalist if item["fold"] in eval_folds), key=lambda i: i["fold"])
         self.fold_weights = fold_weights
         self.output_dir = Path(output_dir)
         self.settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
