@@ -15,6 +15,7 @@ PRINTED = (
     "CPU:",
     "bare forward, batch 1, ms per image: float32",
     "one per core at a time, as a folder run does:",
+    "networks per image: 1",
     "end to end, default outputs, ms per image:",
     "end to end, label maps only, ms per image:",
     "around the network",

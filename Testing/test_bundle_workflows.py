@@ -459,16 +459,23 @@ def test_bundle_verification_and_export(tmp_path):
 
 
 def test_shipped_weights_load_and_match_torchscript():
-    """The weights the inference config uses by default, and their TorchScript export, give the same output."""
+    """Each weights file the inference config uses by default, and its TorchScript export, give the same output."""
+    from scripts.inference import checkpoint_paths
+
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True))
-    network.eval()
-    exported = torch.jit.load(str(BUNDLE / "models" / "model.ts"), map_location="cpu")
+    parser.update({"bundle_root": str(BUNDLE)})
+    weights = checkpoint_paths(parser.get_parsed_content("checkpoint"))
+    assert sorted(p.name for p in (BUNDLE / "models").iterdir()) == sorted(
+        name for path in weights for name in (path.name, path.with_suffix(".ts").name))
     image = torch.rand(2, 1, 256, 256)
-    with torch.inference_mode():
-        assert torch.allclose(exported(image), network(image), atol=1e-5)
+    for path in weights:
+        network = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        network.eval()
+        exported = torch.jit.load(str(path.with_suffix(".ts")), map_location="cpu")
+        with torch.inference_mode():
+            assert torch.allclose(exported(image), network(image), atol=1e-5)
 
 
 def test_progress_reporters_follow_the_line_contract(capsys):

@@ -3,9 +3,10 @@
 Printed, and written to a JSON file:
 
 1. the machine: CPU model, cores, torch threads, whether the CPU computes bf16 natively;
-2. the bare forward pass of the inference network, per image at batch 1, in float32 and in the precision the
-   inference config uses (bf16 where the hardware has it), with every torch thread, and in the configured precision
-   one forward per core at a time with one thread each (how a folder run uses the cores);
+2. the bare forward pass of the inference network (of every network, for an ensemble), per image at batch 1, in
+   float32 and in the precision the inference config uses (bf16 where the hardware has it), with every torch thread,
+   and in the configured precision one forward per core at a time with one thread each (how a folder run uses the
+   cores);
 3. the bundle inference end to end, as the marginal time per BUSI-sized image (a long run minus a short run,
    divided by the difference in images, so start-up and weight loading cancel out; both after an untimed warm-up
    run), with the default outputs and with label maps only (no overlays), and the work around the network: end to
@@ -71,11 +72,16 @@ def median_ms(step, repeats: int, warmup: int = 2) -> float:
 
 def forward_ms(parser: ConfigParser, image_size: list[int], repeats: int) -> dict[str, float]:
     """Bare forward per image at batch 1: float32 and the configured precision with every torch thread, and the
-    configured precision the way a folder run uses the cores (one forward per core at a time, one thread each)."""
+    configured precision the way a folder run uses the cores (one forward per core at a time, one thread each).
+
+    An ensemble (a list of weights files) runs the same network once per file, one after the other: its figures
+    are one network's times the number of files."""
+    from scripts.inference import checkpoint_paths
     from scripts.network import MixedPrecision
 
     network = parser.get_parsed_content("network")
     network.eval()
+    networks = len(checkpoint_paths(parser.get_parsed_content("checkpoint")))
     image = torch.rand(1, 1, *image_size)
     figures = {}
     for name, runnable in (("float32", MixedPrecision(network.network, None)), ("configured", network)):
@@ -97,7 +103,8 @@ def forward_ms(parser: ConfigParser, image_size: list[int], repeats: int) -> dic
             figures["configured_one_per_core"] = median_ms(step, 3, warmup=1) / (repeats * threads)
     finally:
         torch.set_num_threads(threads)
-    return figures
+    figures = {name: value * networks if isinstance(value, float) else value for name, value in figures.items()}
+    return {**figures, "networks": networks}
 
 
 def end_to_end_ms(images: int, size: tuple[int, int], image_size: list[int], overlays: bool) -> float:
@@ -174,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["forward_ms"] = forward
     print(f"bare forward, batch 1, ms per image: float32 {forward['float32']:.1f}, "
           f"inference precision ({forward['configured_dtype']}) {forward['configured']:.1f}; "
-          f"one per core at a time, as a folder run does: {forward['configured_one_per_core']:.1f}")
+          f"one per core at a time, as a folder run does: {forward['configured_one_per_core']:.1f}; "
+          f"networks per image: {forward['networks']}")
     # the work around the network is measured against the faster of the two ways of running the network
     bare = min(forward["configured"], forward["configured_one_per_core"])
     for label, overlays in (("default outputs", True), ("label maps only", False)):
