@@ -21,6 +21,7 @@ from copy import deepcopy
 from pathlib import Path
 
 import numpy as np
+import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd
@@ -52,17 +53,21 @@ def main(argv: list[str] | None = None) -> dict:
         FindLesionsd(keys="pred", **finder.settings),
         MeasureLesionsd(keys="pred"),
     ])
-    network = runner.network
+    runner.load_weights()
+    # the precision is switched on every network the inference runs (each member of an ensemble)
+    networks = list(runner.network) if isinstance(runner.network, torch.nn.ModuleList) else [runner.network]
     counts = {"shortcut": [0, 0], "bf16": [0, 0]}
     for item in items:
         frame = read_image(item["image"]).frames[:1]
-        network.dtype = parser.get_parsed_content("network_dtype")
+        for network in networks:
+            network.dtype = parser.get_parsed_content("network_dtype")
         predicted = runner.probabilities(frame)[0]
         # each path gets its own copy: inverting the resize consumes the image's record of it
         fast = np.asarray(runner.postprocessing(deepcopy(predicted))["pred"])[0]
         slow_input = deepcopy(predicted)
         slow = np.asarray(full_size({**slow_input, "pred": MetaTensor(slow_input["pred"])})["pred"])[0]
-        network.dtype = None
+        for network in networks:
+            network.dtype = None
         float32 = np.asarray(runner.postprocessing(dict(runner.probabilities(frame)[0]))["pred"])[0]
         for name, other in (("shortcut", slow), ("bf16", float32)):
             counts[name][0] += int((fast == other).sum())
