@@ -400,13 +400,20 @@ def test_configs_declare_each_definition_once():
     assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == inference["image_size"]
 
 
-def test_inference_config_serves_tools_that_load_bundles_by_their_properties(trained, tmp_path):
-    """MONAI's inference properties (dataset, evaluator, ...) run the same preprocessing, inferer and postprocessing."""
+@pytest.mark.parametrize("ensemble", [False, True], ids=["one network", "ensemble"])
+def test_inference_config_serves_tools_that_load_bundles_by_their_properties(trained, tmp_path, ensemble):
+    """MONAI's inference properties (dataset, evaluator, ...) run the same weights, preprocessing, inferer and
+    postprocessing as the bundle's own runner, for one network and for a list of weights files."""
     image = BUNDLE / "sample_data" / "benign (23).png"
+    checkpoint = str(trained["output_dir"] / "model.pt")
+    if ensemble:
+        first = tmp_path / "epoch1.pt"
+        torch.save(torch.load(trained["output_dir"] / "checkpoint_epoch=1.pt", weights_only=True)["model"], first)
+        checkpoint = [checkpoint, str(first)]
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"), logging_file=False,
         workflow_type="infer", bundle_root=str(BUNDLE), input_files=[str(image)], image_size=[32, 32],
-        checkpoint=str(trained["output_dir"] / "model.pt"), output_dir=str(tmp_path),
+        checkpoint=checkpoint, output_dir=str(tmp_path / "out"),
     )
     workflow.initialize()
     assert workflow.check_properties() == []
@@ -460,7 +467,7 @@ def test_bundle_verification_and_export(tmp_path):
 
 def test_shipped_weights_load_and_match_torchscript():
     """Each weights file the inference config uses by default, and its TorchScript export, give the same output."""
-    from scripts.inference import checkpoint_paths
+    from scripts.predict import checkpoint_paths
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))

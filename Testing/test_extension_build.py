@@ -63,7 +63,7 @@ def _listed_module_files() -> list[str]:
 
 def _bundle_files() -> list[Path]:
     """The bundle files the module's CMakeLists.txt copies (same patterns)."""
-    patterns = ["configs/*.json", "configs/logging.conf", "models/model.pt", "models/model.ts", "scripts/*.py",
+    patterns = ["configs/*.json", "configs/logging.conf", "models/*.pt", "models/*.ts", "scripts/*.py",
                 "sample_data/*.png", "docs/README.md", "LICENSE"]  # fmt: skip
     return sorted({path.relative_to(BUNDLE_DIR) for pattern in patterns for path in BUNDLE_DIR.glob(pattern)})
 

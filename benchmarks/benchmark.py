@@ -76,7 +76,7 @@ def forward_ms(parser: ConfigParser, image_size: list[int], repeats: int) -> dic
 
     An ensemble (a list of weights files) runs the same network once per file, one after the other: its figures
     are one network's times the number of files."""
-    from scripts.inference import checkpoint_paths
+    from scripts.predict import checkpoint_paths
     from scripts.network import MixedPrecision
 
     network = parser.get_parsed_content("network")

@@ -18,9 +18,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from scripts.inference import BatchSegmentation, checkpoint_paths
+from scripts.inference import BatchSegmentation
 from scripts.labels import load_vocabulary
 from scripts.metrics import bootstrap_ci, image_metrics
+from scripts.predict import checkpoint_paths
 from scripts.reader import read_image
 from scripts.writers import overlay_picture
 

@@ -10,7 +10,6 @@ skipped; the others are still done, and the run ends with a non-zero exit code.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 
+from scripts.predict import load_networks
 from scripts.progress import ProgressReporter, make_progress
 from scripts.reader import ImageReadError, UltrasoundImage, is_supported, read_image
 from scripts.writers import (
@@ -33,7 +33,7 @@ from scripts.writers import (
     write_outputs,
 )
 
-__all__ = ["BatchSegmentation", "checkpoint_paths", "find_inputs", "input_datalist", "output_stem"]
+__all__ = ["BatchSegmentation", "find_inputs", "input_datalist", "output_stem"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +67,6 @@ def find_inputs(
 def input_datalist(input_dir: str | None, input_files: Sequence[str] = ()) -> list[dict]:
     """``[{"image": path}, ...]`` of the inputs, for MONAI's ``Dataset`` in tools that run the bundle by its ids."""
     return [{"image": str(path)} for path, _ in find_inputs(input_dir, input_files)]
-
-
-def checkpoint_paths(checkpoint: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The weights files of a checkpoint setting: one path, or a list of them for an ensemble."""
-    return [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else [Path(path) for path in checkpoint]
 
 
 def output_stem(path: Path, root: Path, output_dir: Path) -> Path:
@@ -150,14 +145,7 @@ class BatchSegmentation:
         """Load ``checkpoint`` (each of them, for an ensemble) once: weights only, never pickled code."""
         if self._weights_loaded:
             return
-        checkpoints = checkpoint_paths(self.checkpoint)
-        if missing := [str(path) for path in checkpoints if not path.is_file()]:
-            raise FileNotFoundError(f"{', '.join(missing)}: model weights not found")
-        members = [self._member] + [copy.deepcopy(self._member) for _ in checkpoints[1:]]
-        for member, path in zip(members, checkpoints):
-            member.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
-            member.eval()
-        self.network = members[0] if len(members) == 1 else torch.nn.ModuleList(members)
+        self.network = load_networks(self._member, self.checkpoint, self.device)
         self._weights_loaded = True
 
     def use_checkpoint(self, checkpoint: str | Sequence[str]) -> None:

@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 from monai.inferers import Inferer
 from torch import nn
 
 from scripts.network import PIXEL_CHANNELS
 
-__all__ = ["ProbabilityInferer"]
+__all__ = ["ProbabilityInferer", "checkpoint_paths", "load_networks"]
+
+
+def checkpoint_paths(checkpoint: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The weights files of a checkpoint setting: one path, or a list of them for an ensemble."""
+    return [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else [Path(path) for path in checkpoint]
+
+
+def load_networks(network: nn.Module, checkpoint: str | Sequence[str], device: torch.device | str = "cpu") -> nn.Module:
+    """``network`` with the weights of ``checkpoint`` (weights only, never pickled code), in evaluation mode.
+
+    A list of weights files gives an ``nn.ModuleList``: ``network`` itself takes the first file and a copy of it
+    each of the others; :class:`ProbabilityInferer` averages their probabilities.
+    """
+    paths = checkpoint_paths(checkpoint)
+    if missing := [str(path) for path in paths if not path.is_file()]:
+        raise FileNotFoundError(f"{', '.join(missing)}: model weights not found")
+    members = [network] + [copy.deepcopy(network) for _ in paths[1:]]
+    for member, path in zip(members, paths):
+        member.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        member.eval()
+    return members[0] if len(members) == 1 else nn.ModuleList(members)
 
 
 def _probabilities(outputs: torch.Tensor) -> torch.Tensor:
