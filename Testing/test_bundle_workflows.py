@@ -197,6 +197,10 @@ def test_out_of_fold_evaluation_writes_metrics_and_figures(trained, tmp_path):
     assert sum(map(sum, summary["confusion_matrix"]["counts"])) == len(items)
     for figure in ("confusion_matrix.png", "examples.png", "training_curves.png"):
         assert (tmp_path / figure).stat().st_size > 1000
+    # an evaluation compared with itself through compare.json: every paired difference is zero
+    run_workflow(["inference.json", "compare.json"], baseline_dir=str(tmp_path), candidate_dir=str(tmp_path))
+    paired = json.loads((tmp_path / f"paired_against_{tmp_path.name}.json").read_text())
+    assert paired["images"] == len(items) and paired["lesion_dice"]["difference"] == 0.0
 
 
 def test_postprocessing_search_scores_every_setting_out_of_fold(trained, tmp_path):
@@ -380,7 +384,7 @@ def test_configs_declare_each_definition_once():
     inference = json.loads((CONFIGS / "inference.json").read_text())
     shared = {"network_def", "network", "deterministic_transforms", "preprocessing", "image_size", "bundle_root"}
     assert shared <= set(inference)
-    for overlay in ("train.json", "evaluate.json", "tune.json", "multi_gpu_train.json"):
+    for overlay in ("train.json", "evaluate.json", "tune.json", "compare.json", "multi_gpu_train.json"):
         config = json.loads((CONFIGS / overlay).read_text())
         assert not shared & set(config) - {"network"}, overlay
         assert "initialize" not in config or overlay == "multi_gpu_train.json", overlay

@@ -3,6 +3,7 @@ hand-made arrays."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,7 @@ from monai.data import MetaTensor
 from monai.transforms import Resize
 from scipy import ndimage
 
+from scripts.evaluate import compare_evaluations, read_per_image, summarise
 from scripts.metrics import bootstrap_ci, image_metrics
 from scripts.postprocess import _fill_holes, find_lesions, measure_lesions
 from scripts.prepare import BUSIPreparation
@@ -107,6 +109,44 @@ def test_bootstrap_interval_brackets_the_mean():
     low, high = bootstrap_ci(values, samples=2000, seed=1)
     assert low < 0.6 < high and 0.2 <= low and high <= 1.0
     assert all(math.isnan(v) for v in bootstrap_ci(np.array([float("nan")])))
+
+
+def _write_evaluation(folder: Path, predictions: dict[str, np.ndarray], truths: dict[str, np.ndarray]) -> None:
+    rows = [{"name": name, "fold": 0, **image_metrics(predictions[name], truths[name])} for name in predictions]
+    folder.mkdir()
+    with open(folder / "per_image.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_two_evaluations_are_compared_image_by_image(tmp_path):
+    square = np.zeros((10, 10), dtype=np.uint8)
+    square[2:6, 2:6] = 1
+    truths = {"benign": square, "malignant": square * 2, "normal": np.zeros_like(square)}
+    half = square.copy()
+    half[2:4] = 0
+    baseline = {"benign": half, "malignant": square, "normal": square}  # malignant called benign, normal not empty
+    candidate = {**truths, "extra": square}  # every image right, and one the baseline did not score
+    _write_evaluation(tmp_path / "baseline", baseline, truths)
+    _write_evaluation(tmp_path / "candidate", candidate, {**truths, "extra": square})
+
+    result = compare_evaluations(str(tmp_path / "baseline"), str(tmp_path / "candidate"), samples=200)
+    assert result["images"] == 3
+    half_dice = 2 * 8 / (8 + 16)
+    assert result["lesion_dice"]["n"] == 2 and result["lesion_dice"]["baseline"] == pytest.approx((half_dice + 1) / 2)
+    assert result["lesion_dice"]["difference"] == pytest.approx((1 - half_dice) / 2)
+    assert result["benign_vs_malignant_accuracy"]["difference"] == pytest.approx(0.5)
+    assert result["normal_predicted_empty"] == {"baseline": 0.0, "candidate": 1.0, "difference": 1.0,
+                                                "ci95": [1.0, 1.0], "n": 1}
+    assert result["image_accuracy_3class"]["difference"] == pytest.approx(2 / 3)
+    written = json.loads((tmp_path / "candidate" / "paired_against_baseline.json").read_text())
+    assert written["malignant_dice"] == result["malignant_dice"]
+    # the summary of the rows read back is the one of the rows written
+    rows = list(read_per_image(tmp_path / "baseline" / "per_image.csv").values())
+    assert summarise(rows)["benign_vs_malignant_accuracy"]["mean"] == 0.5
+    with pytest.raises(ValueError, match="--candidate_dir"):
+        compare_evaluations(str(tmp_path / "baseline"), None)
 
 
 def test_each_lesion_gets_one_class_and_specks_are_dropped():

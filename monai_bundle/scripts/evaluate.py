@@ -25,9 +25,14 @@ from scripts.predict import checkpoint_paths
 from scripts.reader import read_image
 from scripts.writers import overlay_picture
 
-__all__ = ["Evaluation", "summarise"]
+__all__ = ["Evaluation", "LESION_METRICS", "TARGET_METRICS", "compare_evaluations", "per_image_scores", "summarise"]
 
 logger = logging.getLogger(__name__)
+
+# per-image metrics with benign and malignant as one foreground, scored on lesion images
+LESION_METRICS = ("lesion_dice", "lesion_iou", "lesion_precision", "lesion_recall", "lesion_hd95_px")
+# the figures the model is judged by (model card and issue targets), each a mean over images
+TARGET_METRICS = ("lesion_dice", "benign_dice", "malignant_dice", "benign_vs_malignant_accuracy", "normal_predicted_empty")
 
 
 def _mean_with_ci(values: list[float], samples: int, seed: int) -> dict:
@@ -37,12 +42,30 @@ def _mean_with_ci(values: list[float], samples: int, seed: int) -> dict:
     return {"mean": float(valid.mean()) if valid.size else float("nan"), "ci95": [low, high], "n": int(valid.size)}
 
 
+def per_image_scores(row: dict) -> dict[str, float]:
+    """Each summarised metric on one image of :func:`scripts.metrics.image_metrics`; NaN where the metric does not
+    apply to the image's true class (lesion metrics on normal images, the normal-empty score on lesion images)."""
+    nan, true_class = float("nan"), row["true_class"]
+    correct = float(row["predicted_class"] == true_class)
+    on_lesion_images = lambda value: value if true_class > 0 else nan  # noqa: E731
+    return {
+        **{key: on_lesion_images(row[key]) for key in LESION_METRICS},
+        "benign_dice": row["true_class_dice"] if true_class == 1 else nan,
+        "benign_iou": row["true_class_iou"] if true_class == 1 else nan,
+        "malignant_dice": row["true_class_dice"] if true_class == 2 else nan,
+        "malignant_iou": row["true_class_iou"] if true_class == 2 else nan,
+        "benign_vs_malignant_accuracy": on_lesion_images(correct),
+        "normal_predicted_empty": row["predicted_empty"] if true_class == 0 else nan,
+        "image_accuracy_3class": correct,
+        "pixel_accuracy": row["pixel_accuracy"],
+        "mean_iou_with_background": row["mean_iou_with_background"],
+    }
+
+
 def summarise(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict:
     """Summary metrics of per-image rows from :func:`scripts.metrics.image_metrics`."""
     class_names = load_vocabulary().class_names
-    lesion = [r for r in rows if r["true_class"] > 0]
-    normal = [r for r in rows if r["true_class"] == 0]
-    of = lambda subset, key: [r[key] for r in subset]  # noqa: E731
+    scores = [per_image_scores(r) for r in rows]
     detected = [r["predicted_class"] > 0 for r in rows]
     present = [r["true_class"] > 0 for r in rows]
     tp = sum(d and p for d, p in zip(detected, present))
@@ -51,35 +74,63 @@ def summarise(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict:
     confusion = np.zeros((3, 3), dtype=int)
     for r in rows:
         confusion[r["true_class"], r["predicted_class"]] += 1
+    with_ci = {key: _mean_with_ci([s[key] for s in scores], samples, seed) for key in scores[0]} if rows else {}
     return {
         "images": len(rows),
         "images_per_class": {name: sum(r["true_class"] == c for r in rows) for c, name in enumerate(class_names)},
-        "lesion_dice": _mean_with_ci(of(lesion, "lesion_dice"), samples, seed),
-        "lesion_iou": _mean_with_ci(of(lesion, "lesion_iou"), samples, seed),
-        "lesion_precision": _mean_with_ci(of(lesion, "lesion_precision"), samples, seed),
-        "lesion_recall": _mean_with_ci(of(lesion, "lesion_recall"), samples, seed),
-        "lesion_hd95_px": _mean_with_ci(of(lesion, "lesion_hd95_px"), samples, seed),
-        "benign_dice": _mean_with_ci([r["true_class_dice"] for r in lesion if r["true_class"] == 1], samples, seed),
-        "benign_iou": _mean_with_ci([r["true_class_iou"] for r in lesion if r["true_class"] == 1], samples, seed),
-        "malignant_dice": _mean_with_ci([r["true_class_dice"] for r in lesion if r["true_class"] == 2], samples, seed),
-        "malignant_iou": _mean_with_ci([r["true_class_iou"] for r in lesion if r["true_class"] == 2], samples, seed),
-        "benign_vs_malignant_accuracy": _mean_with_ci(
-            [float(r["predicted_class"] == r["true_class"]) for r in lesion], samples, seed
-        ),
-        "normal_predicted_empty": _mean_with_ci(of(normal, "predicted_empty"), samples, seed),
-        "image_accuracy_3class": _mean_with_ci(
-            [float(r["predicted_class"] == r["true_class"]) for r in rows], samples, seed
-        ),
+        **with_ci,
         # image level: is a lesion present?
         "lesion_detection": {
             "precision": precision,
             "recall": recall,
             "f1": 2 * precision * recall / max(precision + recall, 1e-9),
         },
-        "pixel_accuracy": _mean_with_ci(of(rows, "pixel_accuracy"), samples, seed),
-        "mean_iou_with_background": _mean_with_ci(of(rows, "mean_iou_with_background"), samples, seed),
         "confusion_matrix": {"rows_true_cols_predicted": class_names, "counts": confusion.tolist()},
     }
+
+
+def read_per_image(path: str | Path) -> dict[str, dict]:
+    """Rows of an evaluation's ``per_image.csv`` by image name, with numbers as numbers."""
+    with open(path, newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    integer = {"true_class", "predicted_class"}
+    as_number = lambda key, text: int(text) if key in integer else float(text)  # noqa: E731
+    return {r["name"]: {k: v if k in ("name", "fold") else as_number(k, v) for k, v in r.items()} for r in rows}
+
+
+def compare_evaluations(baseline_dir: str, candidate_dir: str | None, samples: int = 1000, seed: int = 0) -> dict:
+    """Paired difference, candidate minus baseline, of each target metric and the 3-class accuracy on the images
+    both evaluations scored: mean of the per-image differences with a 95 % bootstrap interval over images.
+
+    Written to ``candidate_dir/paired_against_<baseline folder name>.json`` and logged one metric per line.
+    """
+    if candidate_dir is None:
+        raise ValueError("name the evaluation to compare with the baseline: --candidate_dir eval/<name>")
+    baseline = read_per_image(Path(baseline_dir) / "per_image.csv")
+    candidate = read_per_image(Path(candidate_dir) / "per_image.csv")
+    names = sorted(set(baseline) & set(candidate))
+    if not names:
+        raise ValueError(f"{baseline_dir} and {candidate_dir} share no image")
+    result = {"baseline": str(baseline_dir), "candidate": str(candidate_dir), "images": len(names)}
+    for metric in (*TARGET_METRICS, "image_accuracy_3class"):
+        pairs = np.array([[per_image_scores(t[n])[metric] for t in (baseline, candidate)] for n in names])
+        pairs = pairs[~np.isnan(pairs).any(axis=1)]
+        difference = pairs[:, 1] - pairs[:, 0]
+        result[metric] = {
+            "baseline": float(pairs[:, 0].mean()),
+            "candidate": float(pairs[:, 1].mean()),
+            "difference": float(difference.mean()),
+            "ci95": list(bootstrap_ci(difference, samples, seed)),
+            "n": int(len(pairs)),
+        }
+        entry = result[metric]
+        logger.info(
+            f"{metric}: {entry['baseline']:.3f} -> {entry['candidate']:.3f}, difference {entry['difference']:+.3f} "
+            f"[{entry['ci95'][0]:+.3f}, {entry['ci95'][1]:+.3f}] (n={entry['n']})"
+        )
+    output = Path(candidate_dir) / f"paired_against_{Path(baseline_dir).resolve().name}.json"
+    output.write_text(json.dumps(result, indent=2))
+    return result
 
 
 class Evaluation:

@@ -18,16 +18,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scripts.evaluate import summarise
+from scripts.evaluate import TARGET_METRICS, summarise
 from scripts.inference import BatchSegmentation
 from scripts.metrics import image_metrics
 from scripts.postprocess import FindLesionsd
 from scripts.reader import read_image
 
-__all__ = ["PostprocessingSearch", "TARGET_METRICS"]
+__all__ = ["PostprocessingSearch"]
 
 logger = logging.getLogger(__name__)
-TARGET_METRICS = ("lesion_dice", "benign_dice", "malignant_dice", "benign_vs_malignant_accuracy", "normal_predicted_empty")
 
 
 class PostprocessingSearch:
