@@ -15,7 +15,7 @@ PRINTED = (
     "CPU:",
     "bare forward, batch 1, ms per image: float32",
     "one per core at a time, as a folder run does:",
-    "networks per image: 1",
+    "networks per image:",
     "end to end, default outputs, ms per image:",
     "end to end, label maps only, ms per image:",
     "around the network",
@@ -35,8 +35,13 @@ def test_quick_benchmark_prints_and_writes_every_figure(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for line in PRINTED:
         assert line in done.stdout, line
+    # every network the inference runs is timed: the weights files that inference.json's checkpoint names
+    checkpoint = json.loads((REPO_ROOT / "monai_bundle" / "configs" / "inference.json").read_text())["checkpoint"]
+    networks = 1 if isinstance(checkpoint, str) else len(checkpoint)
+    assert f"networks per image: {networks}" in done.stdout
     report = json.loads(figures.read_text())
     forward = report["forward_ms"]
+    assert forward["networks"] == networks
     assert forward["float32"] > 0 and forward["configured"] > 0 and forward["configured_one_per_core"] > 0
     bare = min(forward["configured"], forward["configured_one_per_core"])
     for key in ("default", "label_maps"):

@@ -205,8 +205,13 @@ def test_out_of_fold_evaluation_writes_metrics_and_figures(trained, tmp_path):
 
 def test_postprocessing_search_scores_every_setting_out_of_fold(trained, tmp_path):
     weights = str(trained["output_dir"] / "model.pt")
-    # the shipped settings (0.8, 0.7, 0.5) are in the grid, so the defaults' row is written too
-    grid = {"min_confidence": [0.5, 0.8], "max_normal_probability": [0.7, 1.0], "image_class_weight": [0.0, 0.5]}
+    # the shipped settings, each next to another value, so that the defaults' row is written too
+    inference = json.loads((CONFIGS / "inference.json").read_text())
+    shipped = {"min_confidence": inference["min_lesion_confidence"],
+               "image_class_weight": inference["image_class_weight"],
+               "max_normal_probability": inference["max_normal_probability"]}
+    grid = {key: sorted({value, other}) for (key, value), other in zip(shipped.items(), (0.5, 0.0, 1.0))}
+    assert all(len(values) == 2 for values in grid.values()), grid
     workflow = run_workflow(
         [*TRAINING, "evaluate.json", "tune.json"], image_size=[32, 32],
         dataset_dir=trained["override"]["dataset_dir"], prepared_dir=str(trained["prepared_dir"]),

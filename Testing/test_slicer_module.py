@@ -175,7 +175,8 @@ def test_module_cmake_lists_every_file() -> None:
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     # the bundle is copied where BUSISegmentationLib.bundle.locate_bundle looks first
     assert "set(BUNDLE_RESOURCE_DIR Resources/monai_bundle)" in text
-    patterns = ("configs/*.json", "configs/logging.conf", "models/*.pt", "models/*.ts", "scripts/*.py", "sample_data/*.png")
+    patterns = ("configs/*.json", "configs/logging.conf", "models/*.pt", "models/*.ts", "scripts/*.py",
+                "sample_data/*.png")
     for pattern in patterns:
         assert f"${{BUNDLE_SOURCE_DIR}}/{pattern}" in text
     testing = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")

@@ -25,14 +25,19 @@ from scripts.predict import checkpoint_paths
 from scripts.reader import read_image
 from scripts.writers import overlay_picture
 
-__all__ = ["Evaluation", "LESION_METRICS", "TARGET_METRICS", "compare_evaluations", "per_image_scores", "summarise"]
+__all__ = [
+    "Evaluation", "LESION_METRICS", "TARGET_METRICS", "compare_evaluations", "per_image_scores", "read_per_image",
+    "summarise",
+]
 
 logger = logging.getLogger(__name__)
 
 # per-image metrics with benign and malignant as one foreground, scored on lesion images
 LESION_METRICS = ("lesion_dice", "lesion_iou", "lesion_precision", "lesion_recall", "lesion_hd95_px")
-# the figures the model is judged by (model card and issue targets), each a mean over images
-TARGET_METRICS = ("lesion_dice", "benign_dice", "malignant_dice", "benign_vs_malignant_accuracy", "normal_predicted_empty")
+# the figures the model is judged by (the targets of the model card), each a mean over images
+TARGET_METRICS = (
+    "lesion_dice", "benign_dice", "malignant_dice", "benign_vs_malignant_accuracy", "normal_predicted_empty"
+)
 
 
 def _mean_with_ci(values: list[float], samples: int, seed: int) -> dict:
