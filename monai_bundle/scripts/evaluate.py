@@ -5,6 +5,9 @@ with the ground truth at each image's original size. See :mod:`scripts.metrics` 
 
 Out of fold: given the weights of each cross-validation fold, every image is segmented by the network of the fold
 that held it out, so every usable image is scored by a model that never trained on it or on a duplicate of it.
+
+Two evaluations of the same images are compared image by image (paired differences with bootstrap intervals) by
+:func:`compare_evaluations` (``configs/compare.json``).
 """
 
 from __future__ import annotations
