@@ -10,7 +10,8 @@ Printed, and written to a JSON file:
 3. the bundle inference end to end, as the marginal time per BUSI-sized image (a long run minus a short run,
    divided by the difference in images, so start-up and weight loading cancel out; both after an untimed warm-up
    run), with the default outputs and with label maps only (no overlays), and the work around the network: end to
-   end minus the faster of the two bare forward figures in the configured precision;
+   end minus the faster of the two bare forward figures in the configured precision, taken in the same round;
+   2 and 3 are measured in several rounds (default 3) and printed as the median with the range;
 4. training throughput, images/s, of one training step (forward, loss, backward, optimiser) at the training
    batch size, in float32 and in bf16.
 
@@ -18,7 +19,7 @@ Everything is built from the bundle configs with overrides, never re-declared. R
 
 Usage::
 
-    python benchmarks/benchmark.py [--images 60] [--repeats 10] [--quick] [--json /tmp/busi_benchmark.json]
+    python benchmarks/benchmark.py [--images 60] [--repeats 10] [--rounds 3] [--quick] [--json /tmp/busi_benchmark.json]
 """
 
 from __future__ import annotations
@@ -159,16 +160,53 @@ def training_images_per_second(image_size: list[int], repeats: int) -> dict[str,
     return figures
 
 
+def measure_round(image_size: list[int], size: tuple[int, int], images: int, repeats: int) -> dict:
+    """One round: the bare forward, then both end-to-end runs right after it, so that the work around the network
+    is the difference of figures taken seconds apart (a shared machine's speed drifts over minutes)."""
+    forward = forward_ms(parser_for(["inference.json"], image_size=image_size), image_size, repeats)
+    # the work around the network is measured against the faster of the two ways of running the network
+    bare = min(forward["configured"], forward["configured_one_per_core"])
+    figures: dict = {"forward_ms": forward}
+    for key, overlays in (("default", True), ("label_maps", False)):
+        total = end_to_end_ms(images, size, image_size, overlays)
+        figures[f"end_to_end_{key}_ms"], figures[f"around_network_{key}_ms"] = total, total - bare
+        figures[f"forward_share_{key}"] = bare / total
+    return figures
+
+
+def per_round(rounds: list[dict], *keys: str) -> list[float]:
+    """One figure of every round, found by its keys (e.g. "forward_ms", "float32")."""
+    values = []
+    for figures in rounds:
+        for key in keys:
+            figures = figures[key]
+        values.append(figures)
+    return values
+
+
+def median_of(rounds: list[dict], *keys: str) -> float:
+    return statistics.median(per_round(rounds, *keys))
+
+
+def spread(rounds: list[dict], *keys: str, digits: int = 1) -> str:
+    """The median over the rounds, and their range when there are several."""
+    values = per_round(rounds, *keys)
+    text = f"{statistics.median(values):.{digits}f}"
+    return text if len(values) == 1 else f"{text} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
 def main(argv: list[str] | None = None) -> dict:
     options = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     options.add_argument("--images", type=int, default=60, help="BUSI-sized pictures for the end-to-end runs")
     options.add_argument("--repeats", type=int, default=10, help="timed runs of each forward / training step")
+    options.add_argument("--rounds", type=int, default=3, help="rounds of forward and end-to-end runs; medians")
     options.add_argument("--quick", action="store_true", help="tiny sizes to check that it works; not representative")
     options.add_argument("--json", type=Path, default=Path("/tmp/busi_benchmark.json"), help="where figures go")
     args = options.parse_args(argv)
     image_size, size, images, repeats = [256, 256], BUSI_SIZE, args.images, args.repeats
     if args.quick:
         image_size, size, images, repeats = [64, 64], (BUSI_SIZE[0] // 4, BUSI_SIZE[1] // 4), 20, 2
+        args.rounds = min(args.rounds, 2)
     sys.path.insert(0, str(BUNDLE))  # the bundle's scripts, as its configs' "initialize" does
     from scripts.network import mixed_precision_dtype
 
@@ -177,22 +215,22 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_bf16": mixed_precision_dtype("cpu") is not None, "network_input": image_size, "picture_size": size,
     }
     print(f"CPU: {report['cpu']}; torch threads {report['cores']}; native bf16: {report['cpu_bf16']}")
-    forward = forward_ms(parser_for(["inference.json"], image_size=image_size), image_size, repeats)
-    report["forward_ms"] = forward
-    print(f"bare forward, batch 1, ms per image: float32 {forward['float32']:.1f}, "
-          f"inference precision ({forward['configured_dtype']}) {forward['configured']:.1f}; "
-          f"one per core at a time, as a folder run does: {forward['configured_one_per_core']:.1f}; "
+    rounds = [measure_round(image_size, size, images, repeats) for _ in range(args.rounds)]
+    report["rounds"] = rounds
+    report["forward_ms"] = forward = {
+        name: median_of(rounds, "forward_ms", name) if isinstance(value, float) else value
+        for name, value in rounds[0]["forward_ms"].items()
+    }
+    print(f"bare forward, batch 1, ms per image: float32 {spread(rounds, 'forward_ms', 'float32')}, "
+          f"inference precision ({forward['configured_dtype']}) {spread(rounds, 'forward_ms', 'configured')}; "
+          f"one per core at a time, as a folder run does: {spread(rounds, 'forward_ms', 'configured_one_per_core')}; "
           f"networks per image: {forward['networks']}")
-    # the work around the network is measured against the faster of the two ways of running the network
-    bare = min(forward["configured"], forward["configured_one_per_core"])
-    for label, overlays in (("default outputs", True), ("label maps only", False)):
-        total = end_to_end_ms(images, size, image_size, overlays)
-        around = total - bare
-        key = "default" if overlays else "label_maps"
-        report[f"end_to_end_{key}_ms"], report[f"around_network_{key}_ms"] = total, around
-        report[f"forward_share_{key}"] = bare / total
-        print(f"end to end, {label}, ms per image: {total:.1f}; around the network {around:.1f}; "
-              f"forward / end to end {bare / total:.2f}")
+    for label, key in (("default outputs", "default"), ("label maps only", "label_maps")):
+        for name in (f"end_to_end_{key}_ms", f"around_network_{key}_ms", f"forward_share_{key}"):
+            report[name] = median_of(rounds, name)
+        print(f"end to end, {label}, ms per image: {spread(rounds, f'end_to_end_{key}_ms')}; "
+              f"around the network {spread(rounds, f'around_network_{key}_ms')}; "
+              f"forward / end to end {spread(rounds, f'forward_share_{key}', digits=2)}")
     checks = {
         "around_network_default_ms": report["around_network_default_ms"] <= TARGETS["around_network_default_ms"],
         "around_network_label_maps_ms": report["around_network_label_maps_ms"]
