@@ -1,16 +1,21 @@
-"""Resuming training from the last finished epoch, starting it from earlier weights, averaging epoch weights."""
+"""Saving epoch checkpoints safely, resuming from the last one that loads, starting from earlier weights, averaging
+epoch weights."""
 
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from pathlib import Path
 
 import torch
 from ignite.engine import Engine
-from monai.handlers import CheckpointLoader
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
 
-__all__ = ["average_epoch_weights", "epoch_checkpoints", "latest_checkpoint", "ResumeFromLatest"]
+__all__ = [
+    "AtomicCheckpointSaver", "average_epoch_weights", "epoch_checkpoints", "latest_checkpoint", "ResumeFromLatest",
+]
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 logger = logging.getLogger(__name__)
@@ -26,9 +31,18 @@ def epoch_checkpoints(checkpoint_dir: str | Path) -> dict[int, Path]:
 
 
 def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    """The newest ``*checkpoint_epoch=N.pt`` in ``checkpoint_dir``, None when there is none."""
-    found = epoch_checkpoints(checkpoint_dir)
-    return found[max(found)] if found else None
+    """The newest ``*checkpoint_epoch=N.pt`` of ``checkpoint_dir`` that loads, None when there is none.
+
+    A checkpoint that does not load (truncated when a run was killed while writing it) is skipped with a warning.
+    """
+    for path in reversed(epoch_checkpoints(checkpoint_dir).values()):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+            logger.warning(f"skipping {path}: it does not load ({error})")
+            continue
+        return path
+    return None
 
 
 def average_epoch_weights(
@@ -62,12 +76,28 @@ def average_epoch_weights(
     return output_path
 
 
+class AtomicCheckpointSaver(CheckpointSaver):
+    """:class:`monai.handlers.CheckpointSaver` whose interval checkpoints (``save_interval``) are written atomically.
+
+    MONAI's saver writes each file in place, so a run killed while it writes leaves a truncated checkpoint. Here each
+    is written to a temporary file in ``save_dir`` and renamed when complete (ignite's ``DiskSaver(atomic=True)``):
+    a checkpoint either is complete or is not there. (MONAI turns this off because the temporary file is readable by
+    its owner only; ignite gives group and others read permission after the rename.)
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs) -> None:
+        super().__init__(save_dir, save_dict, **kwargs)
+        if self._interval_checkpoint is not None:
+            self._interval_checkpoint.save_handler = DiskSaver(save_dir, atomic=True, require_empty=False)
+
+
 class ResumeFromLatest:
-    """Attach a :class:`monai.handlers.CheckpointLoader` for the newest epoch checkpoint, if there is one.
+    """Attach a :class:`monai.handlers.CheckpointLoader` for the newest epoch checkpoint that loads, if there is one.
 
     Training saves model, optimizer, scheduler and trainer state after every epoch, so an interrupted run started
-    again with the same ``output_dir`` continues from the last finished epoch. A new run can instead start from the
-    network weights of an earlier one (``initial_weights``) with a fresh optimizer and learning-rate schedule.
+    again with the same ``output_dir`` continues from the newest checkpoint that loads (:func:`latest_checkpoint`).
+    A new run can instead start from the network weights of an earlier one (``initial_weights``) with a fresh
+    optimizer and learning-rate schedule.
 
     Args:
         checkpoint_dir: folder of the epoch checkpoints.
