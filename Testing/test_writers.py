@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from scripts import writers
 from scripts.labels import load_vocabulary
-from scripts.postprocess import Lesion
+from scripts.postprocess import Lesion, LesionConfidence, measure_lesions
 from scripts.reader import ImageReadError, read_image
 from scripts.writers import SegmentationResult, default_formats, write_outputs
 
@@ -48,6 +48,16 @@ def _result(image, frames_with_lesions=(0,)) -> SegmentationResult:
             class_name = VOCABULARY.class_names[label]
             lesions[frame].append(Lesion(lesion_id, label, class_name, 0.8, int(mask.sum()), bbox))
     return SegmentationResult(image=image, labels=labels, lesions=lesions)
+
+
+def _measured(result: SegmentationResult) -> SegmentationResult:
+    """``result`` with its lesions measured as the inference measures them, descriptors included."""
+    lesions = []
+    for labels, grey in zip(result.labels, result.image.frames):
+        numbers, count = ndimage.label(labels > 0)
+        found = [(int(labels[numbers == k].max()), LesionConfidence(0.8, 0.9, 0.2, True)) for k in range(1, count + 1)]
+        lesions.append(measure_lesions(numbers, found, grey, result.image.spacing)[1])
+    return SegmentationResult(image=result.image, labels=result.labels, lesions=lesions)
 
 
 def _written(folder: Path) -> list[str]:
@@ -163,7 +173,7 @@ def _assert_segments_from_vocabulary(seg: pydicom.Dataset) -> None:
 @pytest.mark.parametrize("name", ["US1_UNCR.dcm", "ExplVR_BigEnd.dcm"])
 def test_dicom_seg_single_frame(tmp_path, name):
     image = read_image(DICOM_DIR / name)
-    assert default_formats(image) == ["dicom-seg", "nifti"]
+    assert default_formats(image) == ["dicom-seg", "dicom-sr", "nifti"]
     result = _result(image)
     paths = write_outputs(result, tmp_path / Path(name).stem, default_formats(image))
     seg = hd.seg.segread(paths[0])
@@ -255,6 +265,94 @@ def test_dicom_seg_passes_dciodvfy(tmp_path, name):
     seg = pydicom.dcmread(seg_path)
     assert seg.NumberOfFrames == image.num_frames * len(VOCABULARY.lesions)
     _assert_segments_from_vocabulary(seg)
+
+
+@needs_dicom
+@needs_dciodvfy
+@pytest.mark.parametrize("name", ["US1_UNCR.dcm", "OBXXXX1A_2frame.dcm", "examples_ybr_color.dcm"])
+def test_dicom_sr_measurement_report(tmp_path, name):
+    """Without pixel size, a single-frame class holding two frames, and a cine loop (US Multi-frame)."""
+    image = read_image(DICOM_DIR / name)
+    result = _measured(_result(image, frames_with_lesions=sorted({0, image.num_frames - 1})))
+    paths = write_outputs(result, tmp_path / "us", default_formats(image), overlay=False)
+    seg_path, sr_path = paths[:2]
+    assert (seg_path.name, sr_path.name) == ("us_seg.dcm", "us_sr.dcm")
+    assert _dciodvfy_errors(sr_path) == []
+    seg = pydicom.dcmread(seg_path)
+    segment_frames = seg.pixel_array.reshape(-1, *image.frame_shape)
+    sr = hd.sr.srread(sr_path)
+    assert sr.StudyInstanceUID == image.source.StudyInstanceUID
+    groups = sr.content.get_planar_roi_measurement_groups()
+    lesions = [(frame, lesion) for frame, frame_lesions in enumerate(result.lesions) for lesion in frame_lesions]
+    assert len(groups) == len(lesions) == 2 * len({0, image.num_frames - 1})
+    for group, (frame, lesion) in zip(groups, lesions):
+        assert group.tracking_identifier == f"lesion {lesion.lesion_id}, frame {frame + 1}"
+        measured = {m.name.meaning: (m.value, m.unit.value) for m in group.get_measurements()}
+        d = lesion.descriptors
+        if image.spacing is None:
+            assert measured == {"Long axis": (pytest.approx(d.longest_diameter_px), "{pixel}"),
+                                "Short axis": (pytest.approx(d.perpendicular_diameter_px), "{pixel}"),
+                                "Width": (d.width_px, "{pixel}"), "Depth": (d.depth_px, "{pixel}")}
+        else:
+            assert measured["Long axis"] == (pytest.approx(d.longest_diameter_mm), "mm")
+            assert measured["Short axis"] == (pytest.approx(d.perpendicular_diameter_mm), "mm")
+            assert measured["Area"] == (pytest.approx(lesion.area_px * image.spacing[0] * image.spacing[1]), "mm2")
+        # the group points at the SEG frame of the lesion's class for the lesion's source frame
+        (reference,) = group.referenced_segmentation_frame[0].ReferencedSOPSequence
+        assert reference.ReferencedSOPInstanceUID == seg.SOPInstanceUID
+        seg_frame = int(reference.ReferencedFrameNumber)
+        functional = seg.PerFrameFunctionalGroupsSequence[seg_frame - 1]
+        assert functional.SegmentIdentificationSequence[0].ReferencedSegmentNumber == lesion.label
+        np.testing.assert_array_equal(segment_frames[seg_frame - 1], result.labels[frame] == lesion.label)
+
+
+@needs_dicom
+@needs_dciodvfy
+def test_dicom_sr_without_lesions_says_so(tmp_path):
+    image = read_image(DICOM_DIR / "US1_UNCR.dcm")
+    result = SegmentationResult(image=image, labels=np.zeros(image.frames.shape, np.uint8), lesions=[[]])
+    paths = write_outputs(result, tmp_path / "us", ["dicom-seg", "dicom-sr"], overlay=False)
+    assert _dciodvfy_errors(paths[1]) == []
+    sr = hd.sr.srread(paths[1])
+    assert sr.content.get_planar_roi_measurement_groups() == []
+    (group,) = sr.content.get_image_measurement_groups()
+    assert group.tracking_identifier == "no lesion found"
+
+
+def test_dicom_sr_needs_the_seg(tmp_path):
+    Image.new("L", (20, 20)).save(tmp_path / "scan.png")
+    image = read_image(tmp_path / "scan.png")
+    assert writers.applicable_formats(image, ["png", "dicom-sr"]) == (
+        ["png"], [("dicom-sr", "needs a DICOM input, this is a picture")])
+    if DICOM_DIR.is_dir():
+        dicom = read_image(DICOM_DIR / "US1_UNCR.dcm")
+        assert writers.applicable_formats(dicom, ["dicom-sr", "nifti"]) == (
+            ["nifti"], [("dicom-sr", "needs dicom-seg, which it references")])
+        with pytest.raises(ValueError, match="US1_UNCR.dcm: a DICOM SR is written with the DICOM SEG"):
+            write_outputs(_result(dicom), tmp_path / "us", ["dicom-sr"])
+
+
+def test_overlay_outlines_lesions_and_draws_their_diameters(tmp_path):
+    grey = np.random.default_rng(0).integers(40, 200, (200, 240)).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "scan.png")
+    result = _measured(_result(read_image(tmp_path / "scan.png")))
+    labels, lesions = result.labels[0], result.lesions[0]
+    picture = writers.overlay_picture(result.image.frames[0], labels, lesions)
+    for lesion in lesions:
+        mask = labels == lesion.label
+        inside = ndimage.binary_erosion(mask, iterations=3)
+        # an outline in the class colour, and the inside left grey (no fill) but for the diameters and their labels
+        outline = picture[mask & ~ndimage.binary_erosion(mask)]
+        assert (outline == VOCABULARY.labels[lesion.label].color).all(axis=1).mean() > 0.9
+        pixels = picture[inside]
+        assert (pixels.min(axis=1) == pixels.max(axis=1)).mean() > 0.8
+        for ends in (lesion.descriptors.longest_diameter_ends, lesion.descriptors.perpendicular_diameter_ends):
+            row, col = np.rint(np.mean(ends, axis=0)).astype(int)
+            around_middle = picture[row - 1 : row + 2, col - 1 : col + 2]  # the line's pixels are rounded either way
+            assert (around_middle == writers.DIAMETER_COLOUR).all(axis=2).any()
+    # without lesion measurements (as evaluation draws it): outlines only
+    plain = writers.overlay_picture(result.image.frames[0], labels)
+    assert not (plain == writers.DIAMETER_COLOUR).all(axis=2).any()
 
 
 @needs_dicom

@@ -84,7 +84,8 @@ class BatchSegmentation:
         preprocessing: dictionary transform of ``{"image": (1, H, W) frame}`` (a path is read by its first step).
         inferer: turns a batch of preprocessed frames into class probabilities.
         postprocessing: dictionary transform turning ``"pred"`` probabilities into a label map (``"pred"``) and a
-            lesion list (``"pred_lesions"``) at the frame's size, using the ``"image"`` entry's metadata.
+            lesion list (``"pred_lesions"``) at the frame's size, using the ``"image"`` entry's metadata; it also
+            gets the frame under ``"frame"`` and its (row, column) pixel size in mm, or None, under ``"spacing"``.
         output_dir: where results go.
         input_dir: folder (or folders) searched recursively for images; None when only ``input_files`` are given.
         input_files: single files to segment.
@@ -166,8 +167,10 @@ class BatchSegmentation:
         """Label map and lesions of every frame of ``image``; ``on_frame`` is called after each frame."""
         labels, lesions = [], []
         for start in range(0, image.num_frames, self.batch_size):
-            for item in self.probabilities(image.frames[start : start + self.batch_size]):
-                item = self.postprocessing(item)
+            frames = image.frames[start : start + self.batch_size]
+            for frame, item in zip(frames, self.probabilities(frames)):
+                # the frame itself and its pixel size, for the lesion descriptors
+                item = self.postprocessing({**item, "frame": frame, "spacing": image.spacing})
                 labels.append(np.asarray(item["pred"], dtype=np.uint8)[0])
                 lesions.append(item["pred_lesions"])
                 if on_frame:

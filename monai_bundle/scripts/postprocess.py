@@ -7,9 +7,10 @@ The work is split in two so that the expensive part runs on the network's small 
    its pixels, so a lesion is never half benign and half malignant. Lesions smaller than ``min_area_fraction`` of the
    image, or whose mean lesion probability is below ``min_confidence``, are dropped; so is every lesion when the
    image head says the image is normal with probability above ``max_normal_probability``. The result is a map of
-   lesion numbers (0 none, k lesion k) and the class and confidence of each lesion.
+   lesion numbers (0 none, k lesion k) and the class and :class:`LesionConfidence` of each lesion.
 2. The lesion-number map is resized to the frame's size (nearest neighbour, by inverting the preprocessing), and
-   :func:`measure_lesions` turns it into the class label map and measures each lesion inside its bounding box.
+   :func:`measure_lesions` turns it into the class label map and measures each lesion: area and bounding box, and,
+   on the frame's own pixels and spacing, the descriptors of :mod:`scripts.descriptors`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,38 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage
 
+from scripts.descriptors import LesionDescriptors, describe_lesion
 from scripts.labels import load_vocabulary
 from scripts.network import PIXEL_CHANNELS
+from scripts.predict import split_probabilities
 
-__all__ = ["Lesion", "FindLesionsd", "MeasureLesionsd", "find_lesions", "measure_lesions"]
+__all__ = [
+    "Lesion",
+    "LesionConfidence",
+    "FindLesionsd",
+    "MeasureLesionsd",
+    "find_lesions",
+    "measure_lesions",
+]
+
+
+@dataclass(frozen=True)
+class LesionConfidence:
+    """How far the network's call on one lesion can be trusted, from the probabilities at network resolution.
+
+    Attributes:
+        mean: mean probability of the lesion's class over its pixels.
+        peak: highest probability of the lesion's class over its pixels.
+        uncertainty: mean over the lesion's pixels of the views' disagreement (see
+            :class:`scripts.predict.ProbabilityInferer`): how much the networks of the ensemble, and the mirrored
+            image under test-time augmentation, differ on it; None when one view was all there was.
+        review: the uncertainty is above the review threshold: a reader should check this lesion.
+    """
+
+    mean: float
+    peak: float
+    uncertainty: float | None
+    review: bool
 
 
 @dataclass
@@ -40,6 +69,11 @@ class Lesion:
         confidence: mean probability of ``label`` over the lesion's pixels.
         area_px: number of pixels.
         bbox: (row_min, col_min, row_max, col_max), inclusive.
+        peak_probability: highest probability of ``label`` over the lesion's pixels.
+        uncertainty: see :class:`LesionConfidence`; None without several views.
+        review: flagged for review because of a high uncertainty.
+        descriptors: measurements and suggested BI-RADS terms computed from the lesion's segmentation
+            (:mod:`scripts.descriptors`); None when not computed.
     """
 
     lesion_id: int
@@ -48,6 +82,10 @@ class Lesion:
     confidence: float
     area_px: int
     bbox: tuple[int, int, int, int]
+    peak_probability: float | None = None
+    uncertainty: float | None = None
+    review: bool = False
+    descriptors: LesionDescriptors | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +105,9 @@ def find_lesions(
     min_confidence: float = 0.5,
     max_normal_probability: float = 1.0,
     image_class_weight: float = 0.0,
-) -> tuple[np.ndarray, list[tuple[int, float]]]:
+    disagreement: np.ndarray | None = None,
+    review_uncertainty: float = 1.0,
+) -> tuple[np.ndarray, list[tuple[int, LesionConfidence]]]:
     """Lesion-number map and ``(label, confidence)`` of each lesion, at the probabilities' resolution.
 
     Args:
@@ -79,12 +119,17 @@ def find_lesions(
         image_class_weight: how much the image head, rather than the lesion's pixels, decides whether a lesion is
             malignant: the lesion is malignant when the weighted mean of the two malignant shares (malignant over
             benign + malignant, of the pixels summed over the lesion and of the image head) is above one half.
+        disagreement: (rows, columns) disagreement of the views the probabilities average, or None for one view.
+        review_uncertainty: a lesion whose mean disagreement is above this is flagged for review.
 
     Returns:
-        int32 map (0 none, k for the k-th lesion) and the lesions' (label, confidence), numbered from 1.
+        int32 map (0 none, k for the k-th lesion) and the lesions' label and :class:`LesionConfidence`, numbered
+        from 1.
     """
     if pixel_probabilities.ndim != 3 or pixel_probabilities.shape[0] != PIXEL_CHANNELS:
         raise ValueError(f"expected probabilities of shape (3, rows, columns), got {pixel_probabilities.shape}")
+    if disagreement is not None and disagreement.shape != pixel_probabilities.shape[1:]:
+        raise ValueError(f"disagreement of shape {disagreement.shape} does not match {pixel_probabilities.shape}")
     numbers = np.zeros(pixel_probabilities.shape[1:], dtype=np.int32)
     if image_probabilities is not None and image_probabilities[0] > max_normal_probability:
         return numbers, []
@@ -104,15 +149,34 @@ def find_lesions(
         weighted = (1 - image_class_weight) * malignant_share + image_class_weight * image_malignant_share
         label = 2 if weighted > 0.5 else 1
         numbers[region][mask] = len(found) + 1
-        found.append((label, round(float(pixel_probabilities[label][region][mask].mean()), 4)))
+        class_probability = pixel_probabilities[label][region][mask]
+        uncertainty = None if disagreement is None else round(float(disagreement[region][mask].mean()), 4)
+        confidence = LesionConfidence(
+            mean=round(float(class_probability.mean()), 4),
+            peak=round(float(class_probability.max()), 4),
+            uncertainty=uncertainty,
+            review=uncertainty is not None and uncertainty > review_uncertainty,
+        )
+        found.append((label, confidence))
     return numbers, found
 
 
-def measure_lesions(numbers: np.ndarray, found: list[tuple[int, float]]) -> tuple[np.ndarray, list[Lesion]]:
+def measure_lesions(
+    numbers: np.ndarray,
+    found: list[tuple[int, LesionConfidence]],
+    grey: np.ndarray | None = None,
+    spacing: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, list[Lesion]]:
     """Class label map and :class:`Lesion` list of a lesion-number map (any resolution).
 
-    Each lesion is measured inside its bounding box, so the cost grows with the lesions, not with the frame.
-    Lesions that vanished in resizing are left out; the rest are renumbered largest first.
+    Areas and bounding boxes are counted inside each lesion's bounding box, so their cost grows with the lesions,
+    not with the frame. Lesions that vanished in resizing are left out; the rest are renumbered largest first.
+
+    Args:
+        numbers: lesion-number map (0 none, k lesion k), as :func:`find_lesions` gives it, at any resolution.
+        found: each lesion's label and confidence, from :func:`find_lesions`.
+        grey: the frame ``numbers`` lies on, for the descriptors; None to leave the descriptors out.
+        spacing: (row, column) pixel size of the frame in mm, or None when unknown.
     """
     classes = np.array([0] + [label for label, _ in found], dtype=np.uint8)
     labels = classes[numbers]
@@ -122,12 +186,14 @@ def measure_lesions(numbers: np.ndarray, found: list[tuple[int, float]]) -> tupl
         if region is None:
             continue
         area = int(np.count_nonzero(numbers[region] == index))
-        bbox = (region[0].start, region[1].start, region[0].stop - 1, region[1].stop - 1)
-        measured.append((area, *found[index - 1], bbox))
+        bbox = tuple(int(v) for v in (region[0].start, region[1].start, region[0].stop - 1, region[1].stop - 1))
+        descriptors = None if grey is None else describe_lesion(numbers == index, grey, spacing)
+        measured.append((area, *found[index - 1], bbox, descriptors))
     measured.sort(key=lambda item: -item[0])
     lesions = [
-        Lesion(k, label, names[label], confidence, area, tuple(int(v) for v in bbox))
-        for k, (area, label, confidence, bbox) in enumerate(measured, start=1)
+        Lesion(k, label, names[label], confidence.mean, area, bbox, confidence.peak, confidence.uncertainty,
+               confidence.review, descriptors)
+        for k, (area, label, confidence, bbox, descriptors) in enumerate(measured, start=1)
     ]
     return labels, lesions
 
@@ -137,12 +203,13 @@ def _numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 class FindLesionsd(MapTransform):
-    """Probabilities ``(3 or 6, h, w)`` -> lesion-number map ``(1, h, w)``; see :func:`find_lesions`.
+    """Probabilities ``(3, 4, 6 or 7, h, w)`` -> lesion-number map ``(1, h, w)``; see :func:`find_lesions`.
 
-    The channels are those of :class:`scripts.predict.ProbabilityInferer`: three pixel-class probabilities, then,
-    for networks with an image head, three image-class probabilities repeated at every pixel. The lesions' classes
-    and confidences go to ``<key>_found``. Inverting the preprocessing (``Invertd``, nearest neighbour) then brings
-    the map to the frame's size.
+    The channels are those of :class:`scripts.predict.ProbabilityInferer` (taken apart by
+    :func:`scripts.predict.split_probabilities`): pixel-class probabilities, image-class probabilities of networks
+    with an image head, and the views' disagreement when several were averaged. The lesions' classes and
+    confidences go to ``<key>_found``. Inverting the preprocessing (``Invertd``, nearest neighbour) then brings the
+    map to the frame's size.
     """
 
     def __init__(
@@ -152,6 +219,7 @@ class FindLesionsd(MapTransform):
         min_confidence: float = 0.5,
         max_normal_probability: float = 1.0,
         image_class_weight: float = 0.0,
+        review_uncertainty: float = 1.0,
     ) -> None:
         super().__init__(keys)
         self.settings = dict(
@@ -159,14 +227,14 @@ class FindLesionsd(MapTransform):
             min_confidence=min_confidence,
             max_normal_probability=max_normal_probability,
             image_class_weight=image_class_weight,
+            review_uncertainty=review_uncertainty,
         )
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            probabilities = _numpy(d[key]).astype(np.float32, copy=False)
-            image = probabilities[PIXEL_CHANNELS:, 0, 0] if probabilities.shape[0] > PIXEL_CHANNELS else None
-            numbers, d[f"{key}_found"] = find_lesions(probabilities[:PIXEL_CHANNELS], image, **self.settings)
+            pixel, image, disagreement = split_probabilities(_numpy(d[key]).astype(np.float32, copy=False))
+            numbers, d[f"{key}_found"] = find_lesions(pixel, image, disagreement=disagreement, **self.settings)
             # a MetaTensor, so that Invertd takes the resizing to undo from the "image" entry
             d[key] = MetaTensor(torch.from_numpy(numbers[np.newaxis].astype(np.float32)))
         return d
@@ -175,13 +243,30 @@ class FindLesionsd(MapTransform):
 class MeasureLesionsd(MapTransform):
     """Lesion-number map ``(1, H, W)`` -> uint8 class label map ``(1, H, W)`` and ``<key>_lesions``.
 
-    See :func:`measure_lesions`; reads the classes that :class:`FindLesionsd` put in ``<key>_found``.
+    See :func:`measure_lesions`; reads the classes that :class:`FindLesionsd` put in ``<key>_found``. The lesion
+    descriptors are computed when the item carries the frame itself, ``(H, W)``, under ``frame_key`` (as
+    :meth:`scripts.inference.BatchSegmentation.segment` gives it, with the frame's ``(row, column)`` spacing in mm, or
+    None, under ``spacing_key``); tools that run the bundle's ``postprocessing`` on items without it get the lesions
+    without descriptors.
+
+    Args:
+        keys: lesion-number map keys.
+        frame_key: key of the frame the map lies on.
+        spacing_key: key of the frame's pixel spacing.
     """
+
+    def __init__(self, keys: KeysCollection, frame_key: str = "frame", spacing_key: str = "spacing") -> None:
+        super().__init__(keys)
+        self.frame_key, self.spacing_key = frame_key, spacing_key
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
+        grey = d.get(self.frame_key)
+        grey = None if grey is None else np.asarray(grey, dtype=np.float32)
         for key in self.key_iterator(d):
             numbers = np.rint(_numpy(d[key])[0]).astype(np.int32)
-            labels, d[f"{key}_lesions"] = measure_lesions(numbers, d.pop(f"{key}_found"))
+            labels, d[f"{key}_lesions"] = measure_lesions(
+                numbers, d.pop(f"{key}_found"), grey, d.get(self.spacing_key)
+            )
             d[key] = labels[np.newaxis]
         return d

@@ -9,6 +9,9 @@ Formats (``formats`` argument of :func:`write_outputs`):
 - ``dicom-seg``: ``<stem>_seg.dcm``, one BINARY DICOM Segmentation instance referencing the source instance (DICOM
   inputs only), with every frame of a multi-frame source (cine loop) in it; segments carry recommended display
   colours. A source without patient geometry is handled as :func:`scripts.dicom_seg.dicom_segmentation` describes.
+- ``dicom-sr``: ``<stem>_sr.dcm``, a DICOM SR Measurement Report (TID 1500) of each lesion's diameters, extent and
+  area, referencing the segments of the DICOM SEG written with it (:mod:`scripts.dicom_sr`); DICOM inputs only, and
+  only together with ``dicom-seg``.
 
 Segment names, colours and codes in every format come from the label vocabulary
 (``configs/labels.json``, read by :func:`scripts.labels.load_vocabulary`).
@@ -39,9 +42,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import slicerio
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from scripts.descriptors import DESCRIPTOR_COLUMNS
 from scripts.labels import Code, Label, load_vocabulary
 from scripts.reader import UltrasoundImage, format_of
 
@@ -63,7 +67,7 @@ def _unit_rgb(label: Label) -> tuple[float, float, float]:
     return tuple(channel / 255.0 for channel in label.color)
 
 
-SUPPORTED_FORMATS = ("png", "nifti", "seg.nrrd", "dicom-seg")
+SUPPORTED_FORMATS = ("png", "nifti", "seg.nrrd", "dicom-seg", "dicom-sr")
 LESION_COLUMNS = (
     "file",
     "frame",
@@ -77,8 +81,12 @@ LESION_COLUMNS = (
     "bbox_col_min",
     "bbox_row_max",
     "bbox_col_max",
+    "peak_probability",
+    "uncertainty",
+    "review",
+    *DESCRIPTOR_COLUMNS,
 )
-OVERLAY_OPACITY = 0.35
+DIAMETER_COLOUR = (255, 220, 0)  # yellow: stands out from the grey image and from both lesion colours
 
 
 @dataclass
@@ -103,11 +111,11 @@ def default_formats(image: UltrasoundImage) -> list[str]:
         image: the input image.
 
     Returns:
-        ["png"] for pictures, ["dicom-seg", "nifti"] for DICOM, ["seg.nrrd"] for NRRD and ["nifti"] for
-        NIfTI and MetaImage inputs.
+        ["png"] for pictures, ["dicom-seg", "dicom-sr", "nifti"] for DICOM, ["seg.nrrd"] for NRRD and ["nifti"]
+        for NIfTI and MetaImage inputs.
     """
     if image.kind == "dicom":
-        return ["dicom-seg", "nifti"]
+        return ["dicom-seg", "dicom-sr", "nifti"]
     if image.kind == "picture":
         return ["png"]
     return ["seg.nrrd"] if format_of(image.path) == "nrrd" else ["nifti"]
@@ -144,16 +152,22 @@ def output_paths(
             paths.append(stem.with_name(f"{stem.name}_seg.seg.nrrd"))
         elif name == "dicom-seg":
             paths.append(stem.with_name(f"{stem.name}_seg.dcm"))
+            if "dicom-sr" in formats:  # written with the SEG it references
+                paths.append(stem.with_name(f"{stem.name}_sr.dcm"))
     paths += [stem.with_name(f"{stem.name}_{name}") for name in ("lesions.csv", "lesions.json")]
     return paths + ([stem.with_name(f"{stem.name}_overlay.jpg")] if overlay else [])
 
 
 def applicable_formats(image: UltrasoundImage, requested: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """The requested formats that can be written for ``image``, and ``(format, reason)`` for the others."""
-    if isinstance(image.source, pydicom.Dataset):
-        return list(requested), []
-    skipped = [(name, f"needs a DICOM input, this is a {image.kind}") for name in requested if name == "dicom-seg"]
-    return [name for name in requested if name != "dicom-seg"], skipped
+    dicom = ("dicom-seg", "dicom-sr")
+    if not isinstance(image.source, pydicom.Dataset):
+        skipped = [(name, f"needs a DICOM input, this is a {image.kind}") for name in requested if name in dicom]
+        return [name for name in requested if name not in dicom], skipped
+    if "dicom-sr" in requested and "dicom-seg" not in requested:
+        kept = [name for name in requested if name != "dicom-sr"]
+        return kept, [("dicom-sr", "needs dicom-seg, which it references")]
+    return list(requested), []
 
 
 def earlier_outputs(output_stem: Path) -> list[Path]:
@@ -163,7 +177,7 @@ def earlier_outputs(output_stem: Path) -> list[Path]:
         return []
     frame = re.compile(re.escape(stem.name) + r"_seg(_f\d{4})?\.(png|dcm)$")
     # overlay.png: what earlier versions wrote
-    suffixes = ("seg.nii.gz", "seg.seg.nrrd", "lesions.csv", "lesions.json", "overlay.jpg", "overlay.png")
+    suffixes = ("seg.nii.gz", "seg.seg.nrrd", "sr.dcm", "lesions.csv", "lesions.json", "overlay.jpg", "overlay.png")
     fixed = {f"{stem.name}_{suffix}" for suffix in suffixes}
     # matched by name before any file-system call: a folder of many results is listed, not stat'ed file by file
     candidates = stem.parent.glob(glob.escape(stem.name) + "_*")
@@ -234,7 +248,8 @@ def _write_seg_nrrd(result: SegmentationResult, paths: list[Path]) -> None:
 
 
 def _write_dicom_seg(result: SegmentationResult, paths: list[Path]) -> None:
-    # imported here: DICOM SEG needs highdicom and pydicom 3, which nothing else of the inference does
+    """The DICOM SEG in ``paths[0]`` and, when a second path is given, the DICOM SR that references it."""
+    # imported here: DICOM SEG and SR need highdicom and pydicom 3, which nothing else of the inference does
     from scripts.dicom_seg import dicom_segmentation
 
     try:
@@ -242,6 +257,14 @@ def _write_dicom_seg(result: SegmentationResult, paths: list[Path]) -> None:
     except (ValueError, TypeError, AttributeError) as error:
         raise ValueError(f"{result.image.path}: cannot build a DICOM SEG ({error})") from error
     seg.save_as(paths[0])
+    if len(paths) > 1:
+        from scripts.dicom_sr import measurement_report
+
+        try:
+            sr = measurement_report(result.image.source, seg, result.lesions, result.image.spacing)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise ValueError(f"{result.image.path}: cannot build a DICOM SR ({error})") from error
+        sr.save_as(paths[1])
 
 
 def _lesion_rows(result: SegmentationResult) -> list[dict]:
@@ -263,6 +286,10 @@ def _lesion_rows(result: SegmentationResult) -> list[dict]:
                     "bbox_col_min": lesion.bbox[1],
                     "bbox_row_max": lesion.bbox[2],
                     "bbox_col_max": lesion.bbox[3],
+                    "peak_probability": lesion.peak_probability,
+                    "uncertainty": lesion.uncertainty,
+                    "review": lesion.review,
+                    **(lesion.descriptors.to_row() if lesion.descriptors else dict.fromkeys(DESCRIPTOR_COLUMNS)),
                 }
             )
     return rows
@@ -278,12 +305,22 @@ def _write_tables(result: SegmentationResult, paths: list[Path]) -> None:
         json.dump(rows, stream, indent=2)
 
 
-def overlay_picture(grey: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """RGB picture of one frame with translucent lesion fills and solid outlines.
+def _length_text(millimetres: float | None, pixels: float) -> str:
+    return f"{millimetres:.1f} mm" if millimetres is not None else f"{pixels:.0f} px"
+
+
+def overlay_picture(grey: np.ndarray, labels: np.ndarray, lesions: Sequence[Lesion] = ()) -> np.ndarray:
+    """RGB picture of one frame with each lesion's outline, its two diameters and a label, for people to look at.
+
+    The lesions are outlined, not filled, so that the texture inside stays visible. For each lesion of
+    ``lesions`` that has descriptors, the longest diameter and the longest one perpendicular to it are drawn with
+    their lengths (mm when the frame's pixel size is known, else pixels), and a label gives the class, the mean
+    class probability and, for a lesion flagged for review, "review".
 
     Args:
         grey: (rows, columns) grey frame in any intensity scale.
         labels: (rows, columns) label map.
+        lesions: the frame's lesions, as measured on ``labels``.
 
     Returns:
         (rows, columns, 3) uint8 picture.
@@ -293,31 +330,53 @@ def overlay_picture(grey: np.ndarray, labels: np.ndarray) -> np.ndarray:
     low, high = (float(v) for v in np.percentile(grey[::4, ::4], (0.5, 99.5)))
     shown = np.clip((grey - low) * (255.0 / max(high - low, 1e-6)) + 0.5, 0, 255).astype(np.uint8)
     picture = np.repeat(shown[..., np.newaxis], 3, axis=2)
-    grey_levels = np.arange(256, dtype=np.float32)[:, np.newaxis]
+    thickness = max(1, min(grey.shape) // 300)
     for label in load_vocabulary().lesions:
         mask = labels == label.value
         rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         if not rows.size:
             continue
-        colour = np.asarray(label.color, dtype=np.float32)
-        blended = np.round((1 - OVERLAY_OPACITY) * grey_levels + OVERLAY_OPACITY * colour).astype(np.uint8)
         # only inside the label's bounding box: the erosion sees nothing but zeros beyond it either way
         box = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
-        inside, region = mask[box], picture[box]
-        region[inside] = blended[shown[box][inside]]
-        outline = inside & ~ndimage.binary_erosion(inside, iterations=max(1, min(grey.shape) // 300))
-        region[outline] = label.color
-    return picture
+        inside = mask[box]
+        picture[box][inside & ~ndimage.binary_erosion(inside, iterations=thickness)] = label.color
+    measured = [lesion for lesion in lesions if lesion.descriptors is not None]
+    if not measured:
+        return picture
+    image = Image.fromarray(picture, mode="RGB")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(11, min(grey.shape) // 35))
+    colours = {label.value: label.color for label in load_vocabulary().lesions}
+    for lesion in measured:
+        d = lesion.descriptors
+        for ends, text in (
+            (d.longest_diameter_ends, _length_text(d.longest_diameter_mm, d.longest_diameter_px)),
+            (d.perpendicular_diameter_ends, _length_text(d.perpendicular_diameter_mm, d.perpendicular_diameter_px)),
+        ):
+            (row0, col0), (row1, col1) = ends
+            draw.line([(col0, row0), (col1, row1)], fill=DIAMETER_COLOUR, width=thickness)
+            # the length next to the end further right, where it least covers the lesion
+            row, col = max(ends, key=lambda end: end[1])
+            draw.text((col + 3 * thickness, row), text, fill=DIAMETER_COLOUR, font=font, anchor="lm",
+                      stroke_width=1, stroke_fill=(0, 0, 0))
+        caption = f"{lesion.lesion_id} {lesion.class_name} {lesion.confidence:.2f}"
+        caption += " review" if lesion.review else ""
+        row_min, col_min, row_max, _ = lesion.bbox
+        # above the lesion, or below it when there is no room above
+        above = row_min > 1.5 * font.size
+        place = (col_min, row_min - 2 * thickness) if above else (col_min, row_max + 2 * thickness)
+        draw.text(place, caption, fill=tuple(colours[lesion.label]), font=font, anchor="ld" if above else "lt",
+                  stroke_width=1, stroke_fill=(0, 0, 0))
+    return np.asarray(image)
 
 
 def _write_overlay(result: SegmentationResult, paths: list[Path]) -> None:
     with_lesion = np.flatnonzero(result.labels.reshape(result.labels.shape[0], -1).any(axis=1))
     frame = int(with_lesion[0]) if with_lesion.size else 0
+    picture = overlay_picture(result.image.frames[frame], result.labels[frame], result.lesions[frame])
     # The overlay is for people to look at, not for measuring: JPEG encodes it in about 1 ms, where even the
     # fastest PNG compression took 10-13 ms per BUSI-sized picture, more than the rest of the work around the network.
-    Image.fromarray(overlay_picture(result.image.frames[frame], result.labels[frame]), mode="RGB").save(
-        paths[0], format="JPEG", quality=90
-    )
+    Image.fromarray(picture, mode="RGB").save(paths[0], format="JPEG", quality=90)
 
 
 def _check(result: SegmentationResult, formats: Sequence[str]) -> None:
@@ -333,8 +392,10 @@ def _check(result: SegmentationResult, formats: Sequence[str]) -> None:
         raise ValueError(f"{image.path}: label map must be uint8 with values 0 to {highest}")
     if len(result.lesions) != image.num_frames:
         raise ValueError(f"{image.path}: {len(result.lesions)} lesion lists for {image.num_frames} frames")
-    if "dicom-seg" in formats and not isinstance(image.source, pydicom.Dataset):
-        raise ValueError(f"{image.path}: a DICOM SEG can only be written for a DICOM input, not a {image.kind}")
+    if {"dicom-seg", "dicom-sr"} & set(formats) and not isinstance(image.source, pydicom.Dataset):
+        raise ValueError(f"{image.path}: a DICOM SEG or SR can only be written for a DICOM input, not a {image.kind}")
+    if "dicom-sr" in formats and "dicom-seg" not in formats:
+        raise ValueError(f"{image.path}: a DICOM SR is written with the DICOM SEG it references: add dicom-seg")
 
 
 def write_outputs(
@@ -375,7 +436,7 @@ def write_outputs(
         elif name == "seg.nrrd":
             groups.append((_write_seg_nrrd, 1))
         elif name == "dicom-seg":
-            groups.append((_write_dicom_seg, 1))
+            groups.append((_write_dicom_seg, 2 if "dicom-sr" in formats else 1))
     groups += [(_write_tables, 2)] + ([(_write_overlay, 1)] if overlay else [])
 
     output_stem.parent.mkdir(parents=True, exist_ok=True)
