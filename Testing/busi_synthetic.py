@@ -1,7 +1,8 @@
-"""A tiny synthetic dataset in the public BUSI layout, with the problems of the real one.
+"""Tiny synthetic datasets: the public BUSI layout with the problems of the real one, and the ``images/ masks/
+labels.csv`` layout of a clinic's own data.
 
-Speckled grey "scans" with dark elliptical lesions; one image with two masks, one RGBA mask, one duplicate pair (a
-cropped and rescaled copy of another image), one corrupt image and one image whose mask has the wrong size.
+BUSI: speckled grey "scans" with dark elliptical lesions; one image with two masks, one RGBA mask, one duplicate
+pair (a cropped and rescaled copy of another image), one corrupt image and one image whose mask has the wrong size.
 """
 
 from __future__ import annotations
@@ -84,3 +85,24 @@ def make_busi(root: Path, per_class: dict[str, int] | None = None, seed: int = 0
     Image.fromarray(_scan(rng).astype(np.uint8)).save(benign / "benign (42).png")
     special["wrong_mask_size"] = benign / "benign (42).png"
     return special
+
+
+def make_folder_layout(root: Path, patients: dict[str, list[str]], seed: int = 0) -> Path:
+    """A folder in the ``images/ masks/ labels.csv`` layout: each patient's images with their classes, in order."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = ["id,pathology,split_group"]
+    for patient, classes in patients.items():
+        for n, label_class in enumerate(classes):
+            scan = _scan(rng)
+            mask = np.zeros(SIZE, dtype=np.uint8)
+            if label_class != "normal":
+                lesion = _ellipse((rng.uniform(20, 50), rng.uniform(25, 60)), (rng.uniform(6, 12), rng.uniform(8, 16)))
+                mask[lesion] = 1 if label_class == "benign" else 2
+                scan[lesion] *= 0.25 if label_class == "malignant" else 0.55
+            Image.fromarray(scan.astype(np.uint8)).save(root / "images" / f"{patient}_{n:03d}.png")
+            Image.fromarray(mask).save(root / "masks" / f"{patient}_{n:03d}.png")
+            rows.append(f"{patient}_{n:03d},{label_class},{patient}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -17,11 +17,11 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 
-from busi_synthetic import make_busi
+from busi_synthetic import make_busi, make_folder_layout
 
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
-TINY = {"image_size": [32, 32], "batch_size": 4, "num_workers": 0}
+TINY = {"image_size": [32, 32], "batch_size": 4, "samples_per_epoch": 20, "num_workers": 0}
 TRAINING = ["inference.json", "train.json"]
 
 
@@ -72,9 +72,10 @@ def trained(dataset, tmp_path_factory) -> dict[str, Path]:
 
 def test_prepare_reports_and_splits(dataset, trained):
     root, special = dataset
-    report = json.loads((trained["prepared_dir"] / "report.json").read_text())
+    report = json.loads((trained["prepared_dir"] / "report.json").read_text())["sources"][root.name]
     datalist = json.loads((trained["prepared_dir"] / "datalist.json").read_text())
-    skipped = {Path(s["file"]).name: s["reason"] for s in report["skipped"]}
+    skipped = {Path(s["file"]).name: s["reason"] for s in json.loads(
+        (trained["prepared_dir"] / "report.json").read_text())["skipped"]}
     assert "cannot be read" in skipped[special["corrupt"].name]
     assert special["wrong_mask_size"].name in skipped
     assert "mask is" in skipped[special["wrong_mask_size"].name]
@@ -87,11 +88,12 @@ def test_prepare_reports_and_splits(dataset, trained):
     assert len(datalist["items"]) == 25 and set(fold.values()) == {0, 1, 2, 3, 4}
     assert report["images_with_several_masks"] == 1
     # the two masks of benign (1) are OR-ed, the RGBA mask is read, classes are 1 / 2
-    label = np.asarray(Image.open(trained["prepared_dir"] / "labels/benign/benign (1).png"))
+    labels = trained["prepared_dir"] / "labels" / root.name
+    label = np.asarray(Image.open(labels / "benign/benign (1).png"))
     assert label[60, 15] == 1 and set(np.unique(label)) == {0, 1}
-    rgba_label = np.asarray(Image.open(trained["prepared_dir"] / "labels/benign/benign (2).png"))
+    rgba_label = np.asarray(Image.open(labels / "benign/benign (2).png"))
     assert rgba_label.max() == 1
-    malignant = np.asarray(Image.open(trained["prepared_dir"] / "labels/malignant/malignant (1).png"))
+    malignant = np.asarray(Image.open(labels / "malignant/malignant (1).png"))
     assert set(np.unique(malignant)) == {0, 2}
     assert not any(p.name.startswith("labels") for p in root.iterdir()), "the dataset folder was written"
 
@@ -327,7 +329,12 @@ def test_a_list_of_checkpoints_segments_with_their_average(trained, tmp_path):
         singles.append(runner.probabilities(frames)[0]["pred"])
         assert not isinstance(runner.network, torch.nn.ModuleList)
     assert not torch.allclose(singles[0], singles[1])
-    assert torch.allclose(averaged, (singles[0] + singles[1]) / 2, atol=1e-6)
+    # one network gives its 6 channels; two add their disagreement: the mean total variation distance of each
+    # one's pixel-class probabilities from their average (for two, half the summed absolute difference of the pair)
+    assert singles[0].shape[0] == 6 and averaged.shape[0] == 7
+    assert torch.allclose(averaged[:6], (singles[0] + singles[1]) / 2, atol=1e-6)
+    disagreement = (singles[0][:3] - singles[1][:3]).abs().sum(0) / 4
+    assert torch.allclose(averaged[6], disagreement, atol=1e-6)
     runner.use_checkpoint([last, str(tmp_path / "missing.pt")])
     with pytest.raises(FileNotFoundError, match="missing.pt: model weights not found"):
         runner.probabilities(frames)
@@ -389,14 +396,14 @@ def test_configs_declare_each_definition_once():
     inference = json.loads((CONFIGS / "inference.json").read_text())
     shared = {"network_def", "network", "deterministic_transforms", "preprocessing", "image_size", "bundle_root"}
     assert shared <= set(inference)
-    for overlay in ("train.json", "evaluate.json", "tune.json", "compare.json", "multi_gpu_train.json"):
+    for overlay in ("train.json", "finetune.json", "evaluate.json", "tune.json", "compare.json", "multi_gpu_train.json"):
         config = json.loads((CONFIGS / overlay).read_text())
         assert not shared & set(config) - {"network"}, overlay
         assert "initialize" not in config or overlay == "multi_gpu_train.json", overlay
     # training and validation take the shared preprocessing, not a copy
     train = json.loads((CONFIGS / "train.json").read_text())
-    assert train["validate"]["preprocessing"] == "@preprocessing"
-    assert "@deterministic_transforms" in train["train"]["preprocessing"]["transforms"]
+    for part in ("train", "validate"):
+        assert "@deterministic_transforms" in train[part]["preprocessing"]["transforms"]
     # the metadata names the network's output channels after the label vocabulary
     from scripts.labels import load_vocabulary
 
@@ -457,13 +464,17 @@ def test_average_config_averages_epoch_weights(tmp_path):
 
 def test_bundle_verification_and_export(tmp_path):
     """verify_metadata (offline schema), verify_net_in_out and ckpt_export, as model-zoo CI runs them."""
+    from scripts.predict import half_precision
+
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(BUNDLE / "docs" / "metadata_schema.json"))
     verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
                       config_file=str(CONFIGS / "inference.json"), bundle_root=str(BUNDLE))
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     network = parser.get_parsed_content("network_def")
-    torch.save(network.state_dict(), tmp_path / "model.pt")
+    # weights stored as models/ stores them, in float16: the export is float32, as the network that loads them
+    torch.save(half_precision(network.state_dict()), tmp_path / "model.pt")
+    network.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
                 meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json"),
                 bundle_root=str(BUNDLE))
@@ -474,24 +485,47 @@ def test_bundle_verification_and_export(tmp_path):
         assert torch.allclose(exported(image), network(image), atol=1e-4)
 
 
-def test_shipped_weights_load_and_match_torchscript():
-    """Each weights file the inference config uses by default, and its TorchScript export, give the same output."""
-    from scripts.predict import checkpoint_paths
+def test_shipped_weights_are_the_ones_inference_loads_in_half_precision():
+    """models/ holds only the weights files the inference config uses, each a float16 state dict that loads into
+    the float32 network unchanged."""
+    from scripts.predict import checkpoint_paths, load_networks
 
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE)})
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "mixed_precision": False})
     weights = checkpoint_paths(parser.get_parsed_content("checkpoint"))
-    assert sorted(p.name for p in (BUNDLE / "models").iterdir()) == sorted(
-        name for path in weights for name in (path.name, path.with_suffix(".ts").name))
-    image = torch.rand(2, 1, 256, 256)
-    for path in weights:
-        network = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
-        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        network.eval()
-        exported = torch.jit.load(str(path.with_suffix(".ts")), map_location="cpu")
-        with torch.inference_mode():
-            assert torch.allclose(exported(image), network(image), atol=1e-5)
+    assert sorted(p.name for p in (BUNDLE / "models").iterdir()) == sorted(path.name for path in weights)
+    networks = load_networks(parser.get_parsed_content("network"), [str(path) for path in weights])
+    for network, path in zip(networks, weights):
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        assert {value.dtype for value in stored.values()} == {torch.float16}
+        loaded = network.state_dict()
+        assert all(loaded[name].dtype == torch.float32 and torch.equal(loaded[name], stored[name].float())
+                   for name in stored)
+
+
+def test_half_precision_weights_keep_the_network_output(tmp_path):
+    from scripts.predict import load_networks, save_half_precision
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"device": "$torch.device('cpu')", "mixed_precision": False,
+                   "network_def#channels": [4, 8, 8, 16, 16]})
+    network = parser.get_parsed_content("network")
+    torch.save(network.state_dict(), tmp_path / "float32.pt")
+    save_half_precision(tmp_path / "float32.pt", tmp_path / "float16.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float16.pt", "float32.pt"]
+    image = torch.rand(2, 1, 64, 64)
+    network.eval()
+    with torch.inference_mode():
+        expected = network(image)
+        halved = load_networks(network, str(tmp_path / "float16.pt"))(image)
+    assert halved.dtype == torch.float32
+    assert torch.allclose(halved, expected, atol=1e-2) and not torch.equal(halved, expected)
+    too_large = {"weight": torch.tensor([1.0, 1e6])}
+    torch.save(too_large, tmp_path / "too_large.pt")
+    with pytest.raises(ValueError, match="weights too large for float16: weight"):
+        save_half_precision(tmp_path / "too_large.pt", tmp_path / "out.pt")
 
 
 def test_progress_reporters_follow_the_line_contract(capsys):
@@ -507,3 +541,42 @@ def test_progress_reporters_follow_the_line_contract(capsys):
     make_progress("bar").finish()  # nothing started (the only input could not be read): nothing to close
     with pytest.raises(ValueError, match="progress must be one of"):
         make_progress("dots")
+
+
+def test_fine_tuning_scores_held_out_patients_before_and_after(tmp_path):
+    """``run finetune`` on a clinic's folder: the shipped model's network tuned on some patients, the others scored
+    by the shipped model and by the tuned network; the shipped weights are never the output."""
+    patients = {f"P{k}": ["normal", "benign" if k % 2 else "malignant", "benign", "normal"] for k in range(6)}
+    folder = make_folder_layout(tmp_path / "clinic", patients)
+    shipped = {p: p.read_bytes() for p in (BUNDLE / "models").glob("*.pt")}
+    override = {
+        **TINY, "dataset_dir": str(folder), "output_dir": str(tmp_path / "tuned"), "folds": 3, "finetune_images": 5,
+        "max_epochs": 2, "samples_per_epoch": 8, "averaged_epochs": 2,
+    }
+    workflow = run_workflow([*TRAINING, "finetune.json"], run_id="finetune", **override)
+    tuned = tmp_path / "tuned"
+    split = workflow.parser.get_parsed_content("fold_datalist")
+    held_out = {item["group"] for item in split["validation"]}
+    assert len(split["training"]) == 5 and not held_out & {item["group"] for item in split["training"]}
+    for part in ("held_out_before", "held_out_after"):
+        rows = list(csv.DictReader(open(tuned / part / "per_image.csv")))
+        assert sorted(r["name"] for r in rows) == sorted(item["name"] for item in split["validation"])
+    paired = json.loads((tuned / "held_out_after" / "paired_against_held_out_before.json").read_text())
+    assert paired["images"] == len(split["validation"]) and "lesion_image_missed" in paired
+    initial, final = (torch.load(p, weights_only=True) for p in (BUNDLE / "models" / "model.pt", tuned / "model.pt"))
+    assert any(not torch.equal(initial[k].float(), final[k]) for k in initial)
+    assert {p: p.read_bytes() for p in (BUNDLE / "models").glob("*.pt")} == shipped
+    # the shipped weights' folder is refused as output; too few patients to hold some out is said plainly
+    for bad, message in (
+        ({"output_dir": str(BUNDLE / "models")}, "the shipped weights' folder"),
+        ({"dataset_dir": str(make_folder_layout(tmp_path / "one", {"P0": ["benign", "normal"]}))}, "too few"),
+    ):
+        workflow = ConfigWorkflow(
+            config_file=[str(CONFIGS / f) for f in (*TRAINING, "finetune.json")], meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=False, workflow_type=None, bundle_root=str(BUNDLE), run_id="finetune",
+            **{**override, "output_dir": str(tmp_path / "other"), **bad},
+        )
+        workflow.initialize()
+        with pytest.raises(RuntimeError) as failure:
+            workflow.run()
+        assert message in str(failure.value.__cause__)

@@ -1,4 +1,4 @@
-"""BUSI preparation on the real dataset and on bad folders; metrics, lesion postprocessing and anti-aliasing on
+"""Preparation of the real datasets, of several sources at once and of bad folders; metrics, lesion postprocessing and anti-aliasing on
 hand-made arrays."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -13,65 +14,154 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Resize
+from PIL import Image
 from scipy import ndimage
 
+from busi_synthetic import make_busi, make_folder_layout
 from scripts.evaluate import compare_evaluations, read_per_image, summarise
 from scripts.metrics import bootstrap_ci, image_metrics
 from scripts.postprocess import _fill_holes, find_lesions, measure_lesions
-from scripts.prepare import BUSIPreparation
-from scripts.transforms import AntiAliasd
+from scripts.prepare import Preparation, sampling_weights
+from scripts.finetune import check_output_dir, tuning_split
+from scripts.transforms import AntiAliasd, RandBurnedInMarksd, RandDepthGaind
 
 BUSI = Path(__file__).resolve().parents[2] / "shared" / "data" / "BUSI"
+UCLM = BUSI.parent / "BUS-UCLM"
 
 
 @pytest.mark.skipif(not BUSI.is_dir(), reason="../shared/data/BUSI is not present")
 def test_prepare_real_busi(tmp_path):
-    BUSIPreparation(str(BUSI), str(tmp_path)).run()
+    Preparation(str(BUSI), str(tmp_path)).run()
     report = json.loads((tmp_path / "report.json").read_text())
+    busi = report["sources"]["BUSI"]
     datalist = json.loads((tmp_path / "datalist.json").read_text())
-    assert report["counts_per_class"] == {"normal": 108, "benign": 377, "malignant": 165}
-    assert report["skipped"] == []
+    assert busi["layout"] == "busi" and report["skipped"] == []
+    # 650 images, 19 of which are in groups whose members carry different labels
+    assert busi["counts_per_class"] == {"normal": 106, "benign": 366, "malignant": 159}
     # the byte-identical pair filed under both classes is found and kept out of every split
-    assert any({"benign/benign (433).png", "malignant/malignant (145).png"} <= set(g) for g in report["conflicting_labels"])
+    assert any({"benign/benign (433).png", "malignant/malignant (145).png"} <= set(g) for g in busi["conflicting_labels"])
     fold = {item["name"]: item["fold"] for item in datalist["items"]}
-    assert "benign/benign (433).png" not in fold
-    for group in report["groups"]:
-        assert len({fold[name] for name in group if name in fold}) <= 1, group
+    assert "BUSI/benign/benign (433).png" not in fold
+    for group in busi["groups"]:
+        assert len({fold[f"BUSI/{name}"] for name in group if f"BUSI/{name}" in fold}) <= 1, group
     # the pairs listed with the dataset (64x64 correlation > 0.99) are all found
     listed = [line.split("\t") for line in (BUSI / "near_duplicates.tsv").read_text().splitlines()[1:]]
-    grouped = {name: k for k, group in enumerate(report["groups"]) for name in group}
+    grouped = {name: k for k, group in enumerate(busi["groups"]) for name in group}
     for _, a, b, *_ in listed:
         if (BUSI / a).is_file() and (BUSI / b).is_file():
             assert a in grouped and grouped[a] == grouped[b], (a, b)
     # five folds of nearly equal size, each with every class in proportion
-    per_fold = report["counts_per_fold"]
+    per_fold = busi["counts_per_fold"]
     assert len(per_fold) == 5 and sum(sum(c.values()) for c in per_fold) == len(fold) == 631
     for label_class in ("normal", "benign", "malignant"):
         counts = [c[label_class] for c in per_fold]
         assert max(counts) - min(counts) <= 3, (label_class, counts)
     # the same settings reuse the datalist; other settings make it again
-    preparation = BUSIPreparation(str(BUSI), str(tmp_path), folds=5, fold=2)
+    preparation = Preparation(str(BUSI), str(tmp_path), folds=5, fold=2)
     assert preparation.run_if_needed() == tmp_path / "datalist.json"
     lists = preparation.load_datalist()
     assert {item["fold"] for item in lists["validation"]} == {2} and 2 not in {i["fold"] for i in lists["training"]}
     assert len(lists["training"]) + len(lists["validation"]) == len(lists["all"]) == 631
-    BUSIPreparation(str(BUSI), str(tmp_path), folds=4).run_if_needed()
-    assert len(json.loads((tmp_path / "report.json").read_text())["counts_per_fold"]) == 4
+    Preparation(str(BUSI), str(tmp_path), folds=4).run_if_needed()
+    assert len(json.loads((tmp_path / "report.json").read_text())["sources"]["BUSI"]["counts_per_fold"]) == 4
+
+
+@pytest.mark.skipif(not UCLM.is_dir(), reason="../shared/data/BUS-UCLM is not present")
+def test_prepare_real_bus_uclm_by_patient(tmp_path):
+    Preparation(str(UCLM), str(tmp_path)).run()
+    uclm = json.loads((tmp_path / "report.json").read_text())["sources"]["BUS-UCLM"]
+    items = json.loads((tmp_path / "datalist.json").read_text())["items"]
+    assert uclm["layout"] == "folder" and uclm["counts_per_class"] == {"normal": 419, "benign": 174, "malignant": 90}
+    # one fold per patient; CHCO's frames are CHVI's (pixel-identical), merged in split_group
+    folds_of = defaultdict(set)
+    for item in items:
+        folds_of[item["group"]].add(item["fold"])
+    assert len(folds_of) == 37 and all(len(f) == 1 for f in folds_of.values())
+    assert not any(group.endswith("/CHCO") for group in folds_of)
+    # every fold holds each class, none more than twice another's share of a class
+    for label_class in ("normal", "benign", "malignant"):
+        counts = [c[label_class] for c in uclm["counts_per_fold"]]
+        assert min(counts) > 0 and max(counts) <= 2 * min(counts), (label_class, counts)
+    assert sum(item["marks"] for item in items) == 154 and sum(item["doppler"] for item in items) == 37
+    label = np.asarray(Image.open(next(i["label"] for i in items if i["name"] == "BUS-UCLM/ALWI_000.png")))
+    assert set(np.unique(label)) == {0, 1}
+
+
+def test_prepare_several_sources_into_one_datalist(tmp_path):
+    busi = tmp_path / "busi_like"
+    make_busi(busi, per_class={"benign": 6, "malignant": 5, "normal": 5})
+    patients = {f"P{k:02d}": ["normal", "benign" if k % 2 else "malignant", "normal"] for k in range(10)}
+    folder = make_folder_layout(tmp_path / "clinic", patients)
+    # a Decathlon-style datalist with relative paths and groups
+    decathlon = tmp_path / "decathlon"
+    make_folder_layout(decathlon, {"Q1": ["benign", "normal"], "Q2": ["malignant", "benign"]}, seed=1)
+    (decathlon / "dataset.json").write_text(json.dumps({"training": [
+        {"image": f"images/{name}.png", "label": f"masks/{name}.png", "group": name[:2]}
+        for name in ("Q1_000", "Q1_001", "Q2_000", "Q2_001")]}))
+    preparation = Preparation(
+        [str(busi), {"path": str(folder), "name": "clinic"}, str(decathlon / "dataset.json")], str(tmp_path / "out"),
+        folds=2,
+    )
+    items = preparation.load_datalist()["all"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {s: r["layout"] for s, r in report["sources"].items()} == {
+        "busi_like": "busi", "clinic": "folder", "dataset": "datalist"}
+    assert Counter(item["source"] for item in items) == {"busi_like": 17, "clinic": 30, "dataset": 4}
+    clinic = [item for item in items if item["source"] == "clinic"]
+    # a patient's images stay together; both folds hold benign, malignant and normal images of the clinic
+    for patient in patients:
+        assert len({item["fold"] for item in clinic if item["group"] == f"clinic/{patient}"}) == 1
+    for fold in (0, 1):
+        assert {item["class"] for item in clinic if item["fold"] == fold} == {0, 1, 2}
+    assert {item["name"] for item in items if item["source"] == "dataset"} == {
+        "dataset/images/Q1_000.png", "dataset/images/Q1_001.png", "dataset/images/Q2_000.png", "dataset/images/Q2_001.png"}
+    label = np.asarray(Image.open(next(i["label"] for i in clinic if i["class"] == 2)))
+    assert set(np.unique(label)) == {0, 2}
+    # sampling: each source drawn equally often, each class equally often within a source
+    weights = sampling_weights(items)
+    per_source, per_class = Counter(), Counter()
+    for item, weight in zip(items, weights):
+        per_source[item["source"]] += weight
+        per_class[item["source"], item["class"]] += weight
+    assert all(math.isclose(total, 1 / 3) for total in per_source.values())
+    assert all(math.isclose(per_class["clinic", c], 1 / 9) for c in (0, 1, 2))
+
+
+def test_prepare_names_each_bad_mask_and_prepares_the_rest(tmp_path):
+    folder = make_folder_layout(tmp_path / "clinic", {"A": ["benign", "malignant", "normal", "benign"]})
+    Image.fromarray(np.full((72, 88), 255, dtype=np.uint8)).save(folder / "masks" / "A_000.png")  # 0/255 mask
+    Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(folder / "masks" / "A_001.png")  # another size
+    mask = np.zeros((72, 88), dtype=np.uint8)
+    mask[5:9, 5:9] = 2
+    Image.fromarray(mask).save(folder / "masks" / "A_003.png")  # listed benign, drawn malignant
+    (folder / "images" / "A_009.png").write_bytes((folder / "images" / "A_002.png").read_bytes())  # not listed
+    Preparation(str(folder), str(tmp_path / "out")).run()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    reasons = {Path(s["file"]).name: s["reason"] for s in report["skipped"]}
+    assert "holds values [255]" in reasons["A_000.png"] and "expected 0 background, 1 benign, 2 malignant" in reasons[
+        "A_000.png"]
+    assert "mask is (20, 20) but the image is (88, 72)" in reasons["A_001.png"]
+    assert "shows a malignant image but it is listed as benign" in reasons["A_003.png"]
+    assert reasons["A_009.png"] == "not listed in labels.csv"
+    assert report["sources"]["clinic"]["images_used"] == 1
 
 
 def test_prepare_refuses_empty_and_wrong_layout(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no BUSI images found"):
-        BUSIPreparation(str(tmp_path / "empty"), str(tmp_path / "out")).run()
+    with pytest.raises(FileNotFoundError, match="no labelled images found"):
+        Preparation(str(tmp_path / "empty"), str(tmp_path / "out")).run()
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        BUSIPreparation(str(tmp_path / "missing"), str(tmp_path / "out")).run()
+        Preparation(str(tmp_path / "missing"), str(tmp_path / "out")).run()
     flat = tmp_path / "flat"
     flat.mkdir()
     (flat / "benign (1).png").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="expected benign/, malignant/ and normal/"):
-        BUSIPreparation(str(flat), str(tmp_path / "out")).run()
+    with pytest.raises(FileNotFoundError, match="expected benign/, malignant/ and normal/ folders"):
+        Preparation(str(flat), str(tmp_path / "out")).run()
+    (flat / "benign").mkdir()
     with pytest.raises(ValueError, match="must not be inside the dataset folder"):
-        BUSIPreparation(str(flat), str(flat / "prepared")).run()
+        Preparation(str(flat), str(flat / "prepared")).run()
+    with pytest.raises(ValueError, match="same name"):
+        Preparation([str(flat), str(tmp_path / "other" / "flat")], str(tmp_path / "out"))
 
 
 def test_image_metrics_match_hand_computed_values():
@@ -221,3 +311,41 @@ def test_anti_aliasing_is_that_of_monai_resize(shape):
     assert isinstance(smoothed, MetaTensor) and smoothed.shape == frame.shape
     resized = Resize((256, 256), mode="bilinear")(smoothed)
     np.testing.assert_allclose(resized.numpy(), expected.numpy(), atol=1e-5)
+
+
+def test_depth_gain_changes_rows_smoothly_and_stays_in_range():
+    image = MetaTensor(torch.full((1, 64, 48), 0.5))
+    gained = RandDepthGaind("image", prob=1.0, log_gain_std=0.3).set_random_state(3)({"image": image})["image"]
+    assert gained.shape == image.shape and 0.0 <= float(gained.min()) and float(gained.max()) <= 1.0
+    # one factor per row: every row stays constant, the rows differ, neighbours by little
+    assert torch.all(gained.std(dim=-1) < 1e-6)
+    profile = gained[0, :, 0]
+    assert float(profile.max() - profile.min()) > 0.05 and float((profile[1:] - profile[:-1]).abs().max()) < 0.05
+
+
+def test_burned_in_marks_change_the_image_only():
+    rng = np.random.default_rng(0)
+    image = MetaTensor(torch.as_tensor(rng.uniform(0.2, 0.4, (1, 64, 64)), dtype=torch.float32))
+    label = torch.zeros((1, 64, 64))
+    marks = RandBurnedInMarksd("image", prob=1.0, box_prob=1.0).set_random_state(0)
+    out = marks({"image": image, "label": label})
+    changed = out["image"] != image
+    assert torch.equal(out["label"], label) and 10 < int(changed.sum()) < 64 * 64 // 2
+    # crosses and lines are bright, a box black or white: every changed pixel is far from the scan's 0.2-0.4
+    values = out["image"][changed]
+    assert torch.all((values == 0) | (values >= 0.8)) and bool((values == 0).any() or (values == 1).any())
+    assert torch.equal(RandBurnedInMarksd("image", prob=0.0)({"image": image})["image"], image)
+
+
+def test_fine_tuning_split_takes_whole_patients_and_refuses_too_few(tmp_path):
+    items = [{"name": f"P{p}_{n}", "group": f"clinic/P{p}", "fold": p % 2} for p in range(6) for n in range(5)]
+    datalist = {"training": [i for i in items if i["fold"]], "validation": [i for i in items if not i["fold"]], "all": items}
+    split = tuning_split(datalist, max_images=7, seed=1)
+    patients = Counter(item["group"] for item in split["training"])
+    assert len(split["training"]) == 7 and sorted(patients.values()) == [2, 5] and split["validation"] == datalist["validation"]
+    assert tuning_split(datalist)["training"] == datalist["training"]
+    with pytest.raises(ValueError, match="30 usable images of 6 patients: too few"):
+        tuning_split({**datalist, "validation": []})
+    with pytest.raises(ValueError, match="the shipped weights' folder"):
+        check_output_dir(str(tmp_path / "models" / "."), str(tmp_path / "models"))
+    assert check_output_dir(str(tmp_path / "runs"), str(tmp_path / "models")) == str(tmp_path / "runs")

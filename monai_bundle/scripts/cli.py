@@ -20,14 +20,15 @@ BUNDLE_DIR = Path(__file__).resolve().parents[1]
 BUNDLE_DIR_ENV = "BUSI_BUNDLE_DIR"
 # "auto" keeps the bundle's own choice (the GPU when there is one).
 DEVICES = ("auto", "cpu", "cuda")
-FORMATS = ("png", "nifti", "seg.nrrd", "dicom-seg")
+FORMATS = ("png", "nifti", "seg.nrrd", "dicom-seg", "dicom-sr")
 
 EXAMPLES = """\
 examples:
   busi-segment scan.png -o results
       results/scan_seg.png (label map 0/1/2), scan_overlay.jpg, scan_lesions.csv/.json
-  busi-segment cine.dcm -o results --format dicom-seg,nifti
-      one DICOM SEG referencing the source instance (every frame of a cine loop) and NIfTI
+  busi-segment cine.dcm -o results --format dicom-seg,dicom-sr,nifti
+      one DICOM SEG referencing the source instance (every frame of a cine loop), a DICOM SR of the lesions'
+      measurements referencing the SEG, and NIfTI
   busi-segment stack.nii.gz volume.nrrd -o results --format nifti,seg.nrrd
       every frame of each stack segmented; geometry (spacing, origin, direction) kept
   busi-segment study_folder/ -o results --tta --device cpu --no-overlays
@@ -73,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         default="auto",
         type=_formats,
-        help="comma-separated output formats: png, nifti, seg.nrrd, dicom-seg. 'auto' (default) chooses per input: "
-        "PNG for pictures, DICOM SEG and NIfTI for DICOM, NIfTI for NIfTI/MHA, seg.nrrd for NRRD",
+        help="comma-separated output formats: png, nifti, seg.nrrd, dicom-seg, dicom-sr (with dicom-seg). 'auto' "
+        "(default) chooses per input: PNG for pictures, DICOM SEG, DICOM SR and NIfTI for DICOM, NIfTI for NIfTI/MHA, "
+        "seg.nrrd for NRRD",
     )
     parser.add_argument(
         "--device",
@@ -93,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("bar", "lines", "none"),
         default="bar",
         help="progress bar (default), 'PROGRESS done total' lines for programs, or nothing",
+    )
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="network weights to use instead of the shipped ones, e.g. the runs/finetune/model.pt of a fine-tuning "
+        "on your scanner; several files are averaged as an ensemble",
     )
     parser.add_argument(
         "--bundle", type=Path, help=f"bundle folder (default: ${BUNDLE_DIR_ENV}, else the bundle this tool ships with)"
@@ -116,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     folders = [str(p) for p in args.inputs if Path(p).is_dir()]
     files = [str(p) for p in args.inputs if not Path(p).is_dir()]
     override = {"device": args.device} if args.device != "auto" else {}
+    if args.weights:
+        if missing := [str(path) for path in args.weights if not path.is_file()]:
+            parser.error(f"--weights: {', '.join(missing)}: no such file")
+        override["checkpoint"] = [str(path.resolve()) for path in args.weights]
     workflow = ConfigWorkflow(
         config_file=str(configs / "inference.json"),
         meta_file=str(configs / "metadata.json"),

@@ -29,8 +29,8 @@ from scripts.reader import read_image
 from scripts.writers import overlay_picture
 
 __all__ = [
-    "Evaluation", "LESION_METRICS", "TARGET_METRICS", "compare_evaluations", "per_image_scores", "read_per_image",
-    "summarise",
+    "Evaluation", "LESION_METRICS", "TARGET_METRICS", "compare_evaluations", "headline", "per_image_scores",
+    "read_per_image", "summarise", "summarise_by_source",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ def per_image_scores(row: dict) -> dict[str, float]:
         "malignant_iou": row["true_class_iou"] if true_class == 2 else nan,
         "benign_vs_malignant_accuracy": on_lesion_images(correct),
         "normal_predicted_empty": row["predicted_empty"] if true_class == 0 else nan,
+        "lesion_image_missed": on_lesion_images(row["predicted_empty"]),
         "image_accuracy_3class": correct,
         "pixel_accuracy": row["pixel_accuracy"],
         "mean_iou_with_background": row["mean_iou_with_background"],
@@ -72,6 +73,8 @@ def per_image_scores(row: dict) -> dict[str, float]:
 
 def summarise(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict:
     """Summary metrics of per-image rows from :func:`scripts.metrics.image_metrics`."""
+    if not rows:
+        return {"images": 0}
     class_names = load_vocabulary().class_names
     scores = [per_image_scores(r) for r in rows]
     detected = [r["predicted_class"] > 0 for r in rows]
@@ -82,7 +85,7 @@ def summarise(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict:
     confusion = np.zeros((3, 3), dtype=int)
     for r in rows:
         confusion[r["true_class"], r["predicted_class"]] += 1
-    with_ci = {key: _mean_with_ci([s[key] for s in scores], samples, seed) for key in scores[0]} if rows else {}
+    with_ci = {key: _mean_with_ci([s[key] for s in scores], samples, seed) for key in scores[0]}
     return {
         "images": len(rows),
         "images_per_class": {name: sum(r["true_class"] == c for r in rows) for c, name in enumerate(class_names)},
@@ -97,13 +100,43 @@ def summarise(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict:
     }
 
 
+# per-image columns that describe the image rather than score it
+DESCRIPTIVE_COLUMNS = ("name", "fold", "source", "marks")
+
+
+def summarise_by_source(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict:
+    """:func:`summarise` of all rows, of each source's rows and, where a source flags burned-in marks, of its images
+    with and without marks: a model must hold on every source, not only on the pooled images."""
+    summary = summarise(rows, samples, seed)
+    by_source: dict[str, dict] = {}
+    for source in sorted({r.get("source", "") for r in rows} - {""}):
+        mine = [r for r in rows if r.get("source") == source]
+        by_source[source] = summarise(mine, samples, seed)
+        for flag, name in (("yes", "with marks"), ("no", "without marks")):
+            if any(r.get("marks") == flag for r in mine):
+                by_source[f"{source}, {name}"] = summarise([r for r in mine if r.get("marks") == flag], samples, seed)
+    return {**summary, "by_source": by_source} if by_source else summary
+
+
+def headline(summary: dict) -> str:
+    """The target figures of a summary on one line."""
+    figures = ", ".join(
+        f"{metric.replace('_', ' ')} {summary[metric]['mean']:.3f}"
+        for metric in (*TARGET_METRICS, "lesion_image_missed")
+        if metric in summary
+    )
+    return f"{figures} ({summary['images']} images)"
+
+
 def read_per_image(path: str | Path) -> dict[str, dict]:
     """Rows of an evaluation's ``per_image.csv`` by image name, with numbers as numbers."""
     with open(path, newline="") as stream:
         rows = list(csv.DictReader(stream))
     integer = {"true_class", "predicted_class"}
     as_number = lambda key, text: int(text) if key in integer else float(text)  # noqa: E731
-    return {r["name"]: {k: v if k in ("name", "fold") else as_number(k, v) for k, v in r.items()} for r in rows}
+    return {
+        r["name"]: {k: v if k in DESCRIPTIVE_COLUMNS else as_number(k, v) for k, v in r.items()} for r in rows
+    }
 
 
 def compare_evaluations(baseline_dir: str, candidate_dir: str | None, samples: int = 1000, seed: int = 0) -> dict:
@@ -120,7 +153,7 @@ def compare_evaluations(baseline_dir: str, candidate_dir: str | None, samples: i
     if not names:
         raise ValueError(f"{baseline_dir} and {candidate_dir} share no image")
     result = {"baseline": str(baseline_dir), "candidate": str(candidate_dir), "images": len(names)}
-    for metric in (*TARGET_METRICS, "image_accuracy_3class"):
+    for metric in (*TARGET_METRICS, "lesion_image_missed", "image_accuracy_3class"):
         pairs = np.array([[per_image_scores(t[n])[metric] for t in (baseline, candidate)] for n in names])
         pairs = pairs[~np.isnan(pairs).any(axis=1)]
         difference = pairs[:, 1] - pairs[:, 0]
@@ -152,6 +185,8 @@ class Evaluation:
             segmented by the network of its fold. None segments every item with the runner's own weights.
         eval_folds: the folds whose items are evaluated (default: all of ``fold_weights``); lets a partly
             trained cross-validation be scored on the folds that are done.
+        eval_sources: the sources whose items are evaluated (default: all), e.g. ``["BUS-UCLM"]`` to score a model
+            trained on BUSI alone on every image of the other hospital.
         training_log_dir: TensorBoard folder of the training run, for the training-curve figure (optional).
         bootstrap_samples: resamples for the 95 % intervals.
         examples: images shown in the example grid.
@@ -165,11 +200,14 @@ class Evaluation:
         output_dir: str,
         fold_weights: list[str | list[str]] | None = None,
         eval_folds: list[int] | None = None,
+        eval_sources: list[str] | None = None,
         training_log_dir: str | None = None,
         bootstrap_samples: int = 1000,
         examples: int = 6,
         seed: int = 0,
     ) -> None:
+        if eval_sources is not None:
+            datalist = [item for item in datalist if item.get("source") in eval_sources]
         if fold_weights is not None:
             eval_folds = list(range(len(fold_weights))) if eval_folds is None else list(eval_folds)
             needed = [path for k in eval_folds for path in checkpoint_paths(fold_weights[k])]
@@ -201,28 +239,22 @@ class Evaluation:
                 truth = np.asarray(pil, dtype=np.uint8)
             prediction = self.runner.segment(image).labels[0]
             name = item.get("name", Path(item["image"]).name)
-            rows.append({"name": name, "fold": item.get("fold", ""), **image_metrics(prediction, truth)})
+            described = {"name": name, "fold": item.get("fold", ""), "source": item.get("source", "")}
+            if "marks" in item:
+                described["marks"] = "yes" if item["marks"] else "no"
+            rows.append({**described, **image_metrics(prediction, truth)})
             if index in show:
                 shown.append((rows[-1]["name"], image.frames[0], truth, prediction))
-        summary = summarise(rows, self.bootstrap_samples, self.seed)
+        summary = summarise_by_source(rows, self.bootstrap_samples, self.seed)
         self._write_csv(rows)
         (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self._plot_confusion(np.array(summary["confusion_matrix"]["counts"]))
         self._plot_examples(shown)
         if self.training_log_dir:
             self._plot_training_curves(Path(self.training_log_dir))
-        logger.info(
-            "lesion Dice {:.3f}, benign Dice {:.3f}, malignant Dice {:.3f}, benign-vs-malignant accuracy {:.3f}, "
-            "normal predicted empty {:.3f} ({} images) -> {}".format(
-                summary["lesion_dice"]["mean"],
-                summary["benign_dice"]["mean"],
-                summary["malignant_dice"]["mean"],
-                summary["benign_vs_malignant_accuracy"]["mean"],
-                summary["normal_predicted_empty"]["mean"],
-                len(rows),
-                self.output_dir,
-            )
-        )
+        for name, part in {"all": summary, **summary.get("by_source", {})}.items():
+            logger.info(f"{name}: {headline(part)}")
+        logger.info(f"-> {self.output_dir}")
         return summary
 
     def _write_csv(self, rows: list[dict]) -> None:

@@ -3,7 +3,7 @@
 The networks run once per image (each image by the network of the fold that held it out); every combination of
 the grid is then applied to the same probabilities and scored with the evaluation's metrics. The table is written
 as CSV, best first by the mean of the target metrics. Choosing thresholds this way uses every usable image without
-letting a network judge images it trained on. The best setting's figures are still chosen on the images they are
+letting a network judge images it trained on. With several sources, settings are ranked by their worst source. The best setting's figures are still chosen on the images they are
 measured on, so a second table says what choosing is worth: for each fold, the setting that is best on the other
 folds, scored on that fold, and those scores pooled over all folds next to the default settings'.
 """
@@ -83,42 +83,71 @@ class PostprocessingSearch:
                     per_image.append(scored[outcome])
         finally:
             self.lesion_finder.settings.update(default)
-        rows = [{**setting, **_targets(per_image)} for setting, per_image in zip(self.settings, scores)]
-        rows.sort(key=lambda r: -r["mean_of_targets"])
+        sources = [item.get("source", "") for item in self.datalist]
+        rows = [{**setting, **_targets(per_image, sources)} for setting, per_image in zip(self.settings, scores)]
+        rows.sort(key=lambda r: -r["worst_source_mean_of_targets"])
         self.output_dir.mkdir(parents=True, exist_ok=True)
         _write_csv(self.output_dir / "postprocessing_search.csv", rows)
         logger.info(f"best on {len(self.datalist)} images: {rows[0]}")
         folds = [item["fold"] for item in self.datalist]
         if len(set(folds)) > 1:
-            chosen = self._choose_without_each_fold(scores, folds, {name: default[name] for name in self.settings[0]})
+            chosen = self._choose_without_each_fold(
+                scores, folds, sources, {name: default[name] for name in self.settings[0]}
+            )
             _write_csv(self.output_dir / "chosen_without_each_fold.csv", chosen)
             for row in chosen[-2:]:
                 logger.info(f"{row['fold']}: {row}")
         return rows
 
-    def _choose_without_each_fold(self, scores: list[list[dict]], folds: list[int], default: dict) -> list[dict]:
+    def _choose_without_each_fold(
+        self, scores: list[list[dict]], folds: list[int], sources: list[str], default: dict
+    ) -> list[dict]:
         """Per fold: the setting best on the other folds and its scores on this fold; then pooled and the defaults."""
-        rows, pooled = [], []
+        rows, pooled, pooled_sources = [], [], []
         for fold in sorted(set(folds)):
             others = [i for i, f in enumerate(folds) if f != fold]
             held_out = [i for i, f in enumerate(folds) if f == fold]
             best = max(
                 range(len(self.settings)),
-                key=lambda s: _targets([scores[s][i] for i in others])["mean_of_targets"],
+                key=lambda s: _targets([scores[s][i] for i in others], [sources[i] for i in others])[
+                    "worst_source_mean_of_targets"
+                ],
             )
             pooled += [scores[best][i] for i in held_out]
-            rows.append({"fold": fold, **self.settings[best], **_targets([scores[best][i] for i in held_out])})
-        rows.append({"fold": "all, each fold's setting chosen on the others", **_targets(pooled)})
+            pooled_sources += [sources[i] for i in held_out]
+            rows.append({
+                "fold": fold, **self.settings[best],
+                **_targets([scores[best][i] for i in held_out], [sources[i] for i in held_out]),
+            })
+        rows.append({"fold": "all, each fold's setting chosen on the others", **_targets(pooled, pooled_sources)})
         if default in self.settings:
-            rows.append({"fold": "all, default settings", **default, **_targets(scores[self.settings.index(default)])})
+            rows.append({
+                "fold": "all, default settings", **default,
+                **_targets(scores[self.settings.index(default)], sources),
+            })
         return rows
 
 
-def _targets(per_image: list[dict]) -> dict:
-    """The target metrics of some images and their mean (of those defined: a class may have no images)."""
+def _targets(per_image: list[dict], sources: list[str]) -> dict:
+    """The target metrics of some images, their mean (of those defined: a class may have no images), the share of
+    lesion images left empty, and the mean of the targets on each source and on the worst one.
+
+    Settings are ranked by the worst source: one that is good on one scanner and loses lesions on another is not
+    chosen."""
+
+    def mean_of_targets(summary: dict) -> float:
+        return float(np.nanmean([summary[metric]["mean"] for metric in TARGET_METRICS]))
+
     summary = summarise(per_image, samples=1)
-    row = {metric: round(summary[metric]["mean"], 4) for metric in TARGET_METRICS}
-    row["mean_of_targets"] = round(float(np.nanmean(list(row.values()))), 4)
+    row = {metric: round(summary[metric]["mean"], 4) for metric in (*TARGET_METRICS, "lesion_image_missed")}
+    row["mean_of_targets"] = round(mean_of_targets(summary), 4)
+    by_source = {
+        source: mean_of_targets(summarise([r for r, s in zip(per_image, sources) if s == source], samples=1))
+        for source in sorted(set(sources))
+    }
+    if len(by_source) > 1:
+        row.update({f"mean_of_targets_{source}": round(value, 4) for source, value in by_source.items()})
+    row["worst_source_mean_of_targets"] = round(min(by_source.values()), 4)
     return row
 
 

@@ -1,0 +1,49 @@
+"""Fine-tuning the shipped weights on a group's own labelled images: which images tune, which are held out.
+
+A folder in the ``images/ masks/ labels.csv`` layout is prepared like any training source (:mod:`scripts.prepare`):
+its patients (``split_group``) are spread over folds, one fold is held out and scored before and after, and the
+network is tuned on images of the other patients only.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+
+__all__ = ["check_output_dir", "tuning_split"]
+
+
+def tuning_split(datalist: dict[str, list[dict]], max_images: int | None = None, seed: int = 0) -> dict[str, list[dict]]:
+    """The tuning images (at most ``max_images``, whole patients first) and the held-out images of a prepared
+    datalist.
+
+    Patients are taken in a random order (``seed``) until ``max_images`` are reached, the last one only in part, so a
+    small budget stands for a few fully annotated patients, as a group would annotate them.
+
+    Raises:
+        ValueError: nothing to tune on or nothing held out to score on.
+    """
+    training, held_out = datalist["training"], datalist["validation"]
+    if max_images is not None:
+        by_group: dict[str, list[dict]] = defaultdict(list)
+        for item in training:
+            by_group[item["group"] or item["name"]].append(item)
+        groups = sorted(by_group)
+        random.Random(seed).shuffle(groups)
+        training = [item for group in groups for item in by_group[group]][:max_images]
+    if not training or not held_out:
+        patients = len({item["group"] or item["name"] for item in datalist["all"]})
+        raise ValueError(
+            f"{len(datalist['all'])} usable images of {patients} patients: too few to tune on some patients and "
+            "score on others; add images or patients, or hold out a larger share with a smaller --folds (at least 2)"
+        )
+    return {"training": training, "validation": held_out, "all": datalist["all"]}
+
+
+def check_output_dir(output_dir: str, models_dir: str) -> str:
+    """``output_dir``, unless it is the folder of the shipped weights, which fine-tuning must never overwrite."""
+    output, models = Path(output_dir).resolve(), Path(models_dir).resolve()
+    if output == models or models in output.parents:
+        raise ValueError(f"{output_dir}: the shipped weights' folder; choose another --output_dir")
+    return output_dir
