@@ -51,16 +51,33 @@ from BUSISegmentationLib import (
     pixel_size_is_known,
     python_problem,
     segment_array,
+    stop_engine,
     unmet_requirements,
     unmet_torch,
 )
-from BUSISegmentationLib.labels import TERMINOLOGY_FILE
+from BUSISegmentationLib.labels import TERMINOLOGY_FILE, terminology_context_name
+from BUSISegmentationLib.training_set import TrainingCase, add_case
+
+TERMINOLOGY_CONTEXT = terminology_context_name()
 
 # Lib submodules in dependency order, for reloading during development.
-LIB_MODULES = ("progress", "process", "bundle", "labels", "volume_io", "dependencies", "inference")
+LIB_MODULES = (
+    "progress", "process", "bundle", "labels", "volume_io", "dependencies", "engine", "inference", "training_set"
+)  # fmt: skip
+# How often "Follow the shown frame" looks at the frame shown.
+FOLLOW_INTERVAL_MS = 250
 # Set (by CMake option BUSISegmentation_ENABLE_LOGIC_TEST) to make the self-test install PyTorch and MONAI and
 # segment a sample image; off by default, as in other extensions that run PyTorch models.
 TEST_LOGIC_ENV = "BUSISEGMENTATION_TEST_LOGIC"
+# Volume attribute: "false" when the volume's spacing is not its pixel size (a sample picture, loaded with 1 mm pixels).
+# Kept in the scene, so it still holds when the volume is later saved in a format that stores a spacing.
+PIXEL_SIZE_KNOWN_ATTRIBUTE = "BUSISegmentation.PixelSizeKnown"
+SAMPLE_CATEGORY = "BUSI Segmentation"
+# The command that fine-tunes the bundle's networks on a training set folder, run in the bundle folder.
+FINETUNE_COMMAND = (
+    "python -m monai.bundle run finetune --config_file "
+    "\"['configs/inference.json','configs/train.json','configs/finetune.json']\" --dataset_dir FOLDER"
+)
 
 
 #
@@ -77,13 +94,18 @@ class BUSISegmentation(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("BUSI Segmentation")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["Segmentations", "Sequences", "Terminologies", "SampleData"]
         self.parent.contributors = ["BUSISegmentation contributors"]
         self.parent.helpText = _("""
 Segments benign and malignant lesions in breast ultrasound images (PNG/JPEG pictures, single-frame DICOM or cine
 loops) with a MONAI bundle trained on the BUSI dataset. Select the image and click Segment.
 For research only: not a medical device.
-""")
+
+Add to training set: after correcting the segments in Segment Editor, adds the image (the frame shown in the Red
+view) with its "Benign lesion" and "Malignant lesion" segments and its patient or study ID to a folder in the
+images/ masks/ labels.csv layout. Existing files are never replaced. To fine-tune the model on that folder, run in
+the bundle folder (monai_bundle, installed as Resources/monai_bundle next to this module):
+""") + "\n" + FINETUNE_COMMAND + "\n"
         self.parent.acknowledgementText = _("""
 The model was trained on the BUSI dataset: Al-Dhabyani W, Gomaa M, Khaled H, Fahmy A. Dataset of breast ultrasound
 images. Data in Brief 28 (2020) 104863. It runs with MONAI (https://monai.io) and PyTorch.
@@ -107,13 +129,28 @@ def registerSampleData():
         return
     for path in sorted(sampleFolder.glob("*.png")):
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
-            category="BUSI Segmentation",
+            category=SAMPLE_CATEGORY,
             sampleName=path.stem,
             uris=path.as_uri(),
             fileNames=path.name,
             nodeNames=path.stem,
             thumbnailFileName=str(path),
+            customDownloader=loadSample,
+            loadFileProperties={"singleFile": True},
         )
+
+
+def loadSample(source):
+    """Load a sample picture of the bundle; the Sample Data module calls this when its button is clicked.
+
+    Sample Data's own loading removes the storage node, so the volume would no longer tell that it was read from a
+    picture and its made-up 1 mm pixels would be taken for its pixel size; and without "singleFile" the other
+    numbered pictures of the folder ("benign (N).png") would be read with it as one series.
+    """
+    path = locate_bundle() / "sample_data" / source.fileNames[0]
+    volumeNode = slicer.util.loadVolume(str(path), {"singleFile": True, "name": source.nodeNames[0]})
+    volumeNode.SetAttribute(PIXEL_SIZE_KNOWN_ATTRIBUTE, "false")
+    return volumeNode
 
 
 #
@@ -146,6 +183,7 @@ class BUSISegmentationParameterNode:
     inputVolume - Ultrasound image; several slices (or a sequence) are frames of a cine loop.
     outputSegmentation - Segmentation that receives the lesions; a new one is created when empty.
     frames - Segment all frames or only the frame shown in the Red view.
+    followFrame - With "Current frame", segment the shown frame again whenever it changes (slider of a cine).
     device - Where the network runs.
     testTimeAugmentation - Also segment the mirrored image and average (twice the computation).
     """
@@ -153,6 +191,7 @@ class BUSISegmentationParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     frames: FrameSelection = FrameSelection.ALL
+    followFrame: bool = False
     device: ComputeDevice = ComputeDevice.AUTO
     testTimeAugmentation: bool = False
 
@@ -174,6 +213,9 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._task = None
+        self._installing = False
+        self._following = False
+        self._segmentedFrame = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -189,6 +231,11 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.followFrameCheckBox.connect("toggled(bool)", self.onFollowFrameToggled)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSetButton)
+        self.ui.trainingSetPathLineEdit.connect("currentPathChanged(QString)", self.updateButtons)
+        self.ui.splitGroupLineEdit.connect("textChanged(QString)", self.updateButtons)
 
         self.initializeParameterNode()
 
@@ -197,9 +244,12 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # The widget is going away: the task must not call back into it.
             self._task.progressCallback = self._task.completedCallback = None
             self.logic.cancel(self._task)
+        self._following = False
+        stop_engine()
         self.removeObservers()
 
     def onReload(self) -> None:
+        stop_engine()  # before its module is reloaded, which would forget the engine
         for name in LIB_MODULES:
             importlib.reload(sys.modules[f"BUSISegmentationLib.{name}"])
         importlib.reload(BUSISegmentationLib)
@@ -212,7 +262,7 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateSegmentButton)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -231,15 +281,24 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[BUSISegmentationParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateSegmentButton)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Widgets with a SlicerParameterName property in the .ui file are kept in sync with the node.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateSegmentButton)
-        self.updateSegmentButton()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self.updateButtons()
 
-    def updateSegmentButton(self, caller=None, event=None) -> None:
+    def updateButtons(self, *args) -> None:
+        self.updateSegmentButton()
+        self.updateTrainingSetButton()
+
+    def updateSegmentButton(self) -> None:
+        if self._installing:
+            # pip_install processes events while it runs: a second click would start a second installation.
+            self.ui.segmentButton.enabled = False
+            self.ui.segmentButton.toolTip = _("Installing the Python packages; see the Python console")
+            return
         if self._task:
             self.ui.segmentButton.text = _("Cancel")
             self.ui.segmentButton.toolTip = _("Stop the segmentation")
@@ -264,6 +323,8 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             if not self.installDependenciesIfNeeded():
                 return
+            if not self._parameterNode or not self._parameterNode.inputVolume:
+                return  # the scene was closed while the packages were installed
             parameters = self._parameterNode
             if not parameters.outputSegmentation:
                 parameters.outputSegmentation = slicer.mrmlScene.AddNewNodeByClass(
@@ -281,7 +342,48 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 completedCallback=self.onCompleted,
             )
             self.ui.progressBar.setRange(0, 0)  # busy until the bundle reports the number of frames
-        self.updateSegmentButton()
+        self.updateButtons()
+
+    def updateTrainingSetButton(self) -> None:
+        parameters = self._parameterNode
+        volume = parameters.inputVolume if parameters else None
+        # The DICOM patient (or study) is recorded when there is one; else the user types it.
+        dicomGroup = self.logic.dicomPatientOrStudyId(volume) if volume else ""
+        self.ui.splitGroupLineEdit.enabled = not dicomGroup
+        if dicomGroup:
+            self.ui.splitGroupLineEdit.text = ""
+        self.ui.splitGroupLineEdit.placeholderText = (
+            _("{id} (from DICOM)").format(id=dicomGroup) if dicomGroup else _("Patient or study ID")
+        )
+        missing = []
+        if not volume or not parameters.outputSegmentation:
+            missing.append(_("Select an input image and its segmentation."))
+        if not self.ui.trainingSetPathLineEdit.currentPath.strip():
+            missing.append(_("Choose the training set folder."))
+        if not dicomGroup and not self.ui.splitGroupLineEdit.text.strip():
+            missing.append(_("Type the patient or study ID of the image."))
+        if self._task:
+            missing.append(_("Wait for the segmentation to finish."))
+        self.ui.addToTrainingSetButton.enabled = not missing
+        self.ui.addToTrainingSetButton.toolTip = "\n".join(missing) or _(
+            "Add the image and its corrected lesion segments to the training set folder"
+        )
+
+    def onAddToTrainingSetButton(self) -> None:
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to add the image to the training set."), waitCursor=True):
+            case = self.logic.addToTrainingSet(
+                parameters.inputVolume,
+                parameters.outputSegmentation,
+                self.ui.trainingSetPathLineEdit.currentPath,
+                self.ui.splitGroupLineEdit.text,
+            )
+            self.addLog(
+                _("Added {id} ({pathology}, patient or study {group}) to {folder}.").format(
+                    id=case.id, pathology=case.pathology, group=case.split_group,
+                    folder=self.ui.trainingSetPathLineEdit.currentPath,
+                )  # fmt: skip
+            )
 
     def installDependenciesIfNeeded(self) -> bool:
         """Ask the user, then install torch and the other Python packages the bundle needs; False if declined."""
@@ -297,7 +399,13 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not slicer.util.confirmOkCancelDisplay(message):
             return False
         self.addLog(_("Installing {packages}...").format(packages=", ".join(r.requirement for r in missing)))
-        self.logic.installDependencies()
+        self._installing = True
+        self.updateButtons()
+        try:
+            self.logic.installDependencies()
+        finally:
+            self._installing = False
+            self.updateButtons()
         return True
 
     def onProgress(self, progress: Progress) -> None:
@@ -307,11 +415,39 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if progress.line.strip():
             self.addLog(progress.line)
 
+    def onDeviceChanged(self) -> None:
+        # The engine holds the networks in the memory of the device chosen before (GPU memory): free it now, unless a
+        # segmentation still runs there; the next segmentation starts an engine on the new device.
+        if not self._task:
+            stop_engine()
+
+    def onFollowFrameToggled(self, checked: bool) -> None:
+        self._segmentedFrame = None  # the frame shown now is segmented at once
+        if checked and not self._following:
+            self._following = True
+            # later: the parameter node takes the new value in another slot of this signal
+            qt.QTimer.singleShot(0, self.followShownFrame)
+
+    def followShownFrame(self) -> None:
+        """While "Follow the shown frame" is on, segment the frame shown whenever it changes and nothing else runs;
+        with the engine warm, this takes a fraction of a second on a CPU."""
+        parameters = self._parameterNode
+        if not (self._following and parameters and parameters.followFrame):
+            self._following = False
+            return
+        qt.QTimer.singleShot(FOLLOW_INTERVAL_MS, self.followShownFrame)
+        if not parameters.inputVolume or parameters.frames is not FrameSelection.CURRENT or self._task:
+            return
+        shown = self.logic.shownFrame(parameters.inputVolume)
+        if shown != self._segmentedFrame:
+            self._segmentedFrame = shown
+            self.onSegmentButton()
+
     def onCompleted(self, task) -> None:
         self._task = None
         self.ui.progressBar.setRange(0, 1)
         self.ui.progressBar.value = 1 if task.succeeded else 0
-        self.updateSegmentButton()
+        self.updateButtons()
         if task.cancelled:
             self.addLog(_("Segmentation cancelled."))
         elif task.error:
@@ -410,8 +546,13 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def loadTerminology() -> None:
-        """Load the segment terminology (category, types and colours) into the Terminologies module."""
-        slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
+        """Load the segment terminology (category, types and colours) into the Terminologies module, unless it is
+        loaded already."""
+        terminologies = slicer.modules.terminologies.logic()
+        loaded = vtk.vtkStringArray()
+        terminologies.GetLoadedTerminologyNames(loaded)
+        if TERMINOLOGY_CONTEXT not in [loaded.GetValue(index) for index in range(loaded.GetNumberOfValues())]:
+            terminologies.LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
 
     @staticmethod
     def bundleProblem() -> str:
@@ -491,18 +632,36 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
         return min(max(frame, 0), frameCount - 1)
 
     @staticmethod
-    def pixelSizeKnown(volumeNode) -> bool:
+    def dicomValues(volumeNode, tags: tuple) -> Optional[list]:
+        """Values of DICOM tags ("gggg,eeee") in the first instance of a volume loaded from DICOM, else None."""
+        instanceUids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        if not instanceUids or not slicer.dicomDatabase:
+            return None
+        instanceFile = slicer.dicomDatabase.fileForInstance(instanceUids[0])
+        return [slicer.dicomDatabase.fileValue(instanceFile, tag) for tag in tags]
+
+    def pixelSizeKnown(self, volumeNode) -> bool:
         """Whether the volume's spacing is its pixel size, not the 1 mm Slicer gives pictures (PNG, JPEG...) and
         DICOM images without Pixel Spacing."""
+        if volumeNode.GetAttribute(PIXEL_SIZE_KNOWN_ATTRIBUTE) == "false":
+            return False
         storageNode = volumeNode.GetStorageNode()
         fileName = storageNode.GetFileName() if storageNode else None
-        dicomPixelSpacing = None
-        instanceUids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
-        if instanceUids and slicer.dicomDatabase:
-            instanceFile = slicer.dicomDatabase.fileForInstance(instanceUids[0])
-            values = [slicer.dicomDatabase.fileValue(instanceFile, tag) for tag in ("0028,0030", "0018,1164")]
-            dicomPixelSpacing = " ".join(value for value in values if value)
+        pixelSpacing = self.dicomValues(volumeNode, ("0028,0030", "0018,1164"))
+        dicomPixelSpacing = None if pixelSpacing is None else " ".join(value for value in pixelSpacing if value)
         return pixel_size_is_known(volumeNode.GetSpacing(), fileName, dicomPixelSpacing)
+
+    def dicomPatientOrStudyId(self, volumeNode) -> str:
+        """Patient ID, else Study Instance UID, of a volume loaded from DICOM; empty when it has neither."""
+        values = self.dicomValues(volumeNode, ("0010,0020", "0020,000D")) or []
+        return next((value.strip() for value in values if value.strip()), "")
+
+    def shownFrame(self, volumeNode) -> tuple:
+        """Which frame of a volume is shown: its sequence item (for a cine loaded as a sequence) and its slice in the
+        Red view."""
+        browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(volumeNode)
+        item = browser.GetSelectedItemNumber() if browser else None
+        return volumeNode.GetID(), item, self.currentFrameIndex(volumeNode)
 
     def volumeGeometryLps(self, volumeNode):
         """(spacing, origin, direction) of a volume in the file axis order (column, row, frame) and in LPS."""
@@ -616,10 +775,9 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
             slicer.app.processEvents()
 
     def _poll(self, task: SegmentationTask) -> None:
-        running = task.run.is_running  # read before polling, so the last lines are not missed
         for progress in task.run.poll():
             self._reportProgress(task, progress)
-        if running:
+        if task.run.is_running:  # it ends with the poll that returns its last line
             qt.QTimer.singleShot(self.POLL_INTERVAL_MS, lambda: self._poll(task))
             return
         try:
@@ -659,12 +817,15 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
         for node in (inputVolume, outputSegmentation):
             if not slicer.mrmlScene.IsNodePresent(node):
                 raise SegmentationCancelled(f"{node.GetName()} was removed from the scene; the result is not imported")
+        self.loadTerminology()
         if task.sequenceBrowser:
             self._importSequence(task, output.labels)
         else:
             labels = np.zeros(slicer.util.arrayFromVolume(inputVolume).shape[:3], dtype=np.uint8)
             labels[task.frameIndices] = output.labels
             self.updateSegments(outputSegmentation, labels, inputVolume)
+        # Nodes made with AddNewNodeByClass, sequence proxies too, are not shown until they have display nodes.
+        outputSegmentation.CreateDefaultDisplayNodes()
         # Reference geometry and the place in the subject hierarchy are needed for DICOM Segmentation export.
         referenceRole = outputSegmentation.GetReferenceImageGeometryReferenceRole()
         outputSegmentation.SetNodeReferenceID(referenceRole, inputVolume.GetID())
@@ -676,8 +837,6 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
 
     def updateSegments(self, segmentationNode, labels: np.ndarray, referenceVolume) -> None:
         """Set the lesion segments of a segmentation node from a (frames, rows, columns) label map."""
-        self.loadTerminology()
-        segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
         segmentation = segmentationNode.GetSegmentation()
         for description in self.labelDescriptions:
@@ -706,6 +865,7 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
             outputSequence.SetIndexName(inputSequence.GetIndexName())
             outputSequence.SetIndexUnit(inputSequence.GetIndexUnit())
             outputSequence.SetIndexType(inputSequence.GetIndexType())
+        # A node of the scene with no display node: removing it leaves nothing behind.
         frameSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         try:
             for itemIndex, frameLabels in zip(task.frameIndices, labels):
@@ -714,10 +874,51 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
         finally:
             slicer.mrmlScene.RemoveNode(frameSegmentation)
         if newSequence:
-            browser.AddSynchronizedSequenceNode(outputSequence)
-            browser.AddProxyNode(outputSegmentation, outputSequence, False)
+            # Unlike the browser's AddProxyNode, the Sequences logic also gives the proxy display and storage nodes.
+            if not slicer.modules.sequences.logic().AddSynchronizedNode(outputSequence, outputSegmentation, browser):
+                raise RuntimeError(f"{outputSequence.GetName()} cannot be synchronized with {browser.GetName()}")
             browser.SetSaveChanges(outputSequence, True)
         slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
+
+    # Training set
+
+    def labelMapFromSegments(self, segmentationNode, referenceVolume) -> np.ndarray:
+        """(frames, rows, columns) label map of the "Benign lesion" and "Malignant lesion" segments in the geometry
+        of a volume; where they overlap, the higher label (malignant) wins.
+
+        :raises ValueError: the segmentation has neither segment.
+        """
+        labels = np.zeros(slicer.util.arrayFromVolume(referenceVolume).shape[:3], dtype=np.uint8)
+        segmentation = segmentationNode.GetSegmentation()
+        found = False
+        for description in sorted(self.labelDescriptions, key=lambda d: d.value):
+            segmentId = segmentation.GetSegmentIdBySegmentName(description.name)
+            if not segmentId:
+                continue
+            found = True
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, referenceVolume)
+            if mask is not None:
+                labels[mask > 0] = description.value
+        if not found:
+            names = " or ".join(f'"{d.name}"' for d in self.labelDescriptions)
+            raise ValueError(f"{segmentationNode.GetName()} has no {names} segment")
+        return labels
+
+    def addToTrainingSet(self, volumeNode, segmentationNode, folder, splitGroup: str = "") -> TrainingCase:
+        """Add the frame of a volume shown in the Red view, with its lesion segments, to a training set folder.
+
+        :param splitGroup: patient or study id, used when the volume does not come from DICOM with a Patient ID or
+            Study Instance UID.
+        :raises ValueError: no segment to take the labels from, or no patient or study id.
+        """
+        labels = self.labelMapFromSegments(segmentationNode, volumeNode)
+        frame = self.currentFrameIndex(volumeNode) if labels.shape[0] > 1 else 0
+        image = slicer.util.arrayFromVolume(volumeNode)[frame]
+        group = self.dicomPatientOrStudyId(volumeNode) or splitGroup
+        name = volumeNode.GetName() if labels.shape[0] == 1 else f"{volumeNode.GetName()} frame {frame}"
+        case = add_case(Path(folder), image, labels[frame], group, name)
+        logging.info(f"Added {case.image.name} ({case.pathology}, group {case.split_group}) to {folder}")
+        return case
 
 
 #
@@ -741,12 +942,17 @@ class BUSISegmentationTest(ScriptedLoadableModuleTest):
         self.test_SegmentSampleImage()
         self.setUp()
         self.test_SceneCloseCancelsTheSegmentation()
+        self.setUp()
+        self.test_CineResultIsShown()
+        self.setUp()
+        self.test_AddToTrainingSet()
 
     def loadLesionSample(self):
-        samples = sorted((locate_bundle() / "sample_data").glob("*.png"))
-        lesionSamples = [path for path in samples if not path.name.startswith("normal")]
-        self.assertTrue(lesionSamples, "the bundle has no sample image with a lesion")
-        return slicer.util.loadVolume(str(lesionSamples[0]), {"singleFile": True})
+        registerSampleData()
+        sources = slicer.modules.sampleDataSources[SAMPLE_CATEGORY]
+        lesionSources = [source for source in sources if not source.sampleName.startswith("normal")]
+        self.assertTrue(lesionSources, "the bundle has no sample image with a lesion")
+        return lesionSources[0].customDownloader(lesionSources[0])  # what the Sample Data button does
 
     def logicTestEnabled(self, testName: str) -> bool:
         # PyTorch and MONAI are gigabytes and a CPU segmentation takes minutes: too much for the build machines.
@@ -765,6 +971,7 @@ class BUSISegmentationTest(ScriptedLoadableModuleTest):
         inputVolume = self.loadLesionSample()
         logic = BUSISegmentationLogic()
         self.assertEqual(logic.bundleProblem(), "")
+        self.assertEqual(inputVolume.GetImageData().GetDimensions()[2], 1, "one picture, not a series")
         self.assertFalse(logic.pixelSizeKnown(inputVolume), "a PNG has no pixel size; Slicer gives it 1 mm")
         if not self.logicTestEnabled("test_SegmentSampleImage"):
             self.delayDisplay("Test passed")
@@ -812,4 +1019,44 @@ class BUSISegmentationTest(ScriptedLoadableModuleTest):
         self.assertEqual(completed, [task])
         self.assertTrue(task.cancelled)
         self.assertEqual(outputSegmentation.GetSegmentation().GetNumberOfSegments(), 0)
+        self.delayDisplay("Test passed")
+
+    def test_CineResultIsShown(self):
+        """A result imported into a sequence: the output proxy is shown, no other segmentation display is left."""
+        inputVolume = self.loadLesionSample()
+        sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+        for index in range(2):
+            sequence.SetDataNodeAtValue(inputVolume, str(index))
+        browser = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
+        sequencesLogic = slicer.modules.sequences.logic()
+        sequencesLogic.AddSynchronizedNode(sequence, None, browser)
+        sequencesLogic.UpdateProxyNodesFromSequences(browser)
+        proxy = browser.GetProxyNode(sequence)
+        outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        logic = BUSISegmentationLogic()
+        _, frameIndices, foundBrowser = logic.framesFromVolume(proxy, allFrames=True)
+        self.assertEqual((frameIndices, foundBrowser), ([0, 1], browser))
+        labels = np.zeros((2, *slicer.util.arrayFromVolume(proxy).shape[1:3]), dtype=np.uint8)
+        labels[1, 10:20, 10:20] = 2
+        task = SegmentationTask(proxy, outputSegmentation, frameIndices, browser)
+        logic.importResult(task, SegmentationOutput(labels))
+        self.assertIsNotNone(outputSegmentation.GetDisplayNode())
+        displayNodes = slicer.util.getNodesByClass("vtkMRMLSegmentationDisplayNode")
+        self.assertEqual(displayNodes, [outputSegmentation.GetDisplayNode()])
+        self.assertEqual(browser.GetSequenceNode(outputSegmentation).GetNumberOfDataNodes(), 2)
+        self.delayDisplay("Test passed")
+
+    def test_AddToTrainingSet(self):
+        inputVolume = self.loadLesionSample()
+        logic = BUSISegmentationLogic()
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        labels = np.zeros(slicer.util.arrayFromVolume(inputVolume).shape[:3], dtype=np.uint8)
+        labels[0, 10:20, 10:30] = 1
+        logic.updateSegments(segmentation, labels, inputVolume)
+        with tempfile.TemporaryDirectory() as folder:
+            case = logic.addToTrainingSet(inputVolume, segmentation, folder, "patient 1")
+            self.assertEqual((case.pathology, case.split_group), ("benign", "patient 1"))
+            mask = slicer.util.loadVolume(str(case.mask), {"singleFile": True})
+            self.assertEqual(np.count_nonzero(slicer.util.arrayFromVolume(mask) == 1), 200)
+            self.assertIn(f"{case.id},benign,patient 1", (Path(folder) / "labels.csv").read_text())
         self.delayDisplay("Test passed")

@@ -62,9 +62,10 @@ def _listed_module_files() -> list[str]:
 
 
 def _bundle_files() -> list[Path]:
-    """The bundle files the module's CMakeLists.txt copies (same patterns)."""
-    patterns = ["configs/*.json", "configs/logging.conf", "models/*.pt", "models/*.ts", "scripts/*.py",
-                "sample_data/*.png", "docs/README.md", "LICENSE"]  # fmt: skip
+    """The bundle files the extension ships: what the module runs, its sample pictures and documentation. Not the
+    TorchScript exports (``models/*.ts``), which nothing in the module loads."""
+    patterns = ["configs/*.json", "configs/logging.conf", "models/*.pt", "scripts/*.py", "sample_data/*.png",
+                "docs/README.md", "LICENSE"]  # fmt: skip
     return sorted({path.relative_to(BUNDLE_DIR) for pattern in patterns for path in BUNDLE_DIR.glob(pattern)})
 
 
@@ -101,6 +102,8 @@ def test_build_and_install_trees_hold_the_module_and_the_bundle(built_extension)
         bundle = tree / "Resources" / "monai_bundle"
         for relative in _bundle_files():
             assert filecmp.cmp(BUNDLE_DIR / relative, bundle / relative, shallow=False), f"{relative} in {bundle}"
+        # nothing else: no TorchScript export (tens of MB each), no cache or training output
+        assert {path.relative_to(bundle) for path in bundle.rglob("*") if path.is_file()} == set(_bundle_files())
     description = dict(
         line.split(" ", 1) for line in (build / "BUSISegmentation.s4ext").read_text(encoding="utf-8").splitlines()
     )

@@ -1,9 +1,11 @@
-"""BUSISegmentationLib without 3D Slicer: input files, the bundle command, the background process, progress,
-cancellation, results, dependency versions, and a run of the real bundle when its weights are present. The module's
-Logic runs here too, on the stand-in Slicer modules of ``fake_slicer``: closing the scene, areas in mm² or pixels.
+"""BUSISegmentationLib without 3D Slicer: input files, the bundle command, the background process, the warm engine
+and its lifetime, progress, cancellation, results, dependency versions, and a run of the real bundle when its weights
+are present. The module's Logic runs here too, on the stand-in Slicer modules of ``fake_slicer``: closing the scene,
+areas in mm² or pixels, following the frame shown.
 
-The process tests run small Python programs standing in for the bundle: they read the input file the Lib wrote
-and write result files in the bundle's formats, so the whole path runs for real in a second process.
+The engine tests run the Lib's real engine process with a stand-in for MONAI's bundle workflow: it reads the input
+file the Lib wrote and writes result files in the bundle's formats, so the whole path runs for real in a second
+process.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,11 +39,14 @@ from BUSISegmentationLib import (
     REQUIREMENTS,
     TORCH_VERSION,
     BackgroundProcess,
+    BundleRun,
     OutputParser,
+    RunConfig,
     SegmentationCancelled,
     SegmentationError,
     UnmetRequirement,
     build_command,
+    inference_overrides,
     lesion_area_text,
     locate_bundle,
     parse_progress_line,
@@ -50,70 +56,106 @@ from BUSISegmentationLib import (
     read_result,
     result_paths,
     segment_array,
+    stop_engine,
     unmet_requirements,
     unmet_torch,
     write_input,
 )
+from BUSISegmentationLib import engine as engine_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE_ROOT = REPO_ROOT / "monai_bundle"
 LIB_DIR = REPO_ROOT / "BUSISegmentation" / "BUSISegmentationLib"
 ROTATION = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
-# Stands in for "python -m monai.bundle run ...": same arguments, same output files and progress lines.
-FAKE_BUNDLE = textwrap.dedent(
+# Stands in for MONAI's bundle workflow in the engine process: "create_workflow" takes the arguments the Lib sends and
+# "run" writes the bundle's output files and prints its progress lines. What a run does is read from the file that
+# $FAKE_CONTROL names, at each run, so that one engine process can be told to fail, hang or crash.
+FAKE_MONAI_BUNDLE = textwrap.dedent(
     """
     import json, os, subprocess, sys, time
     from pathlib import Path
     import nibabel, nrrd, numpy as np
 
-    args = sys.argv[sys.argv.index("run") + 1:]
-    options = dict(zip(args[0::2], args[1::2]))
-    mode = os.environ.get("FAKE_MODE", "ok")
-    input_file = Path(json.loads(options["--input_files"])[0])
-    output_dir = Path(options["--output_dir"])
-    print("fake bundle started", flush=True)
-    if mode == "fail":
-        print(f"ERROR {input_file}: cannot be read as an image (truncated)", flush=True)
-        sys.exit(1)
-    if mode == "hang":
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-        print(f"CHILD {child.pid}", flush=True)
-        print("PROGRESS 0 3", flush=True)
-        time.sleep(120)
-    data, header = nrrd.read(str(input_file), index_order="C")
-    frames = data.shape[0]
-    labels = np.zeros(data.shape[:3], np.uint8)
-    for frame in range(frames):
-        labels[frame, 1:3, 1:4] = frame % 2 + 1
-        print(f"PROGRESS {frame + 1} {frames}", flush=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stem = input_file.stem
-    # like the bundle: lesion areas in mm2 only when the input has a pixel size
-    has_geometry = "space directions" in header
-    # like the bundle's NIfTI writer: (column, row, frame) voxels, 2D for one frame; the affine is not read back
-    voxels = np.transpose(labels, (2, 1, 0))
-    nibabel.save(nibabel.Nifti1Image(voxels[..., 0] if frames == 1 else voxels, np.eye(4)),
-                 output_dir / f"{stem}_seg.nii.gz")
-    lesions = [{"frame": f, "class_name": ["benign", "malignant"][f % 2], "confidence": 0.9, "area_px": 6,
-                "area_mm2": 6.0 if has_geometry else None} for f in range(frames)]
-    (output_dir / f"{stem}_lesions.json").write_text(json.dumps(lesions))
-    seen = {"shape": list(data.shape), "kinds": header["kinds"], "dtype": str(data.dtype),
-            "options": options, "checksum": float(data.astype(np.float64).sum())}
-    (output_dir / "seen.json").write_text(json.dumps(seen))
+
+    class FakeWorkflow:
+        def __init__(self, overrides):
+            self.overrides = overrides
+
+        def run(self):
+            control = Path(os.environ["FAKE_CONTROL"])
+            mode = control.read_text() if control.is_file() else "ok"
+            input_file = Path(self.overrides["input_files"][0])
+            output_dir = Path(self.overrides["output_dir"])
+            print(f"fake bundle run in process {os.getpid()}", flush=True)
+            if mode == "fail":
+                print(f"ERROR {input_file}: cannot be read as an image (truncated)", flush=True)
+                raise SystemExit(f"1 of 1 inputs failed:\\n{input_file}: cannot be read as an image (truncated)")
+            if mode == "hang":
+                child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+                print(f"CHILD {child.pid}", flush=True)
+                print("PROGRESS 0 3", flush=True)
+                time.sleep(120)
+            if mode == "silent":
+                time.sleep(120)
+            if mode == "crash":
+                print("PROGRESS 0 1", flush=True)
+                os._exit(3)
+            data, header = nrrd.read(str(input_file), index_order="C")
+            frames = data.shape[0]
+            labels = np.zeros(data.shape[:3], np.uint8)
+            for frame in range(frames):
+                labels[frame, 1:3, 1:4] = frame % 2 + 1
+                print(f"PROGRESS {frame + 1} {frames}", flush=True)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            stem = input_file.stem
+            # like the bundle: lesion areas in mm2 only when the input has a pixel size
+            has_geometry = "space directions" in header
+            # like the bundle's NIfTI writer: (column, row, frame) voxels, 2D for one frame; the affine is not read
+            voxels = np.transpose(labels, (2, 1, 0))
+            nibabel.save(nibabel.Nifti1Image(voxels[..., 0] if frames == 1 else voxels, np.eye(4)),
+                         output_dir / f"{stem}_seg.nii.gz")
+            lesions = [{"frame": f, "class_name": ["benign", "malignant"][f % 2], "confidence": 0.9, "area_px": 6,
+                        "area_mm2": 6.0 if has_geometry else None} for f in range(frames)]
+            (output_dir / f"{stem}_lesions.json").write_text(json.dumps(lesions))
+            seen = {"shape": list(data.shape), "kinds": header["kinds"], "dtype": str(data.dtype),
+                    "overrides": self.overrides, "checksum": float(data.astype(np.float64).sum())}
+            (output_dir / "seen.json").write_text(json.dumps(seen))
+
+
+    def create_workflow(**overrides):
+        # the networks of the real workflow are loaded here: a warm engine makes this once for many runs
+        print(f"fake workflow created in process {os.getpid()}", flush=True)
+        return FakeWorkflow(overrides)
     """
 )
 
 
 @pytest.fixture
-def fake_python(tmp_path: Path) -> Path:
-    """An executable that behaves like ``python -m monai.bundle run`` for the arguments the Lib passes."""
-    script = tmp_path / "fake_bundle.py"
-    script.write_text(FAKE_BUNDLE)
+def fake_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An executable whose MONAI bundle workflow is :data:`FAKE_MONAI_BUNDLE`; ``fake_mode`` says what it does."""
+    stub = tmp_path / "stub"
+    (stub / "monai").mkdir(parents=True)
+    (stub / "monai" / "__init__.py").write_text("")
+    (stub / "monai" / "bundle.py").write_text(FAKE_MONAI_BUNDLE)
     launcher = tmp_path / "fake_python"
-    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
+    launcher.write_text(f'#!/bin/sh\nPYTHONPATH="{stub}" exec "{sys.executable}" "$@"\n')
     launcher.chmod(0o755)
+    monkeypatch.setenv("FAKE_CONTROL", str(tmp_path / "fake_mode"))
     return launcher
+
+
+def fake_mode(mode: str) -> None:
+    """What the stand-in bundle does from its next run on: "ok", "fail", "hang", "silent" or "crash"."""
+    Path(os.environ["FAKE_CONTROL"]).write_text(mode)
+
+
+@pytest.fixture(autouse=True)
+def no_engine_left() -> None:
+    """Every test starts without an engine and leaves none running."""
+    stop_engine()
+    yield
+    stop_engine()
 
 
 def _gone(pid: int) -> bool:
@@ -367,27 +409,125 @@ def test_segment_array_runs_frames_in_a_second_process(tmp_path: Path, fake_pyth
     seen = json.loads((tmp_path / "work" / "output" / "seen.json").read_text())
     assert seen["shape"] == [3, 5, 6, 3] and seen["kinds"][0] == "RGB-color"
     assert seen["checksum"] == float(array.astype(np.float64).sum())
+    # the bundle's own inference workflow, with the overrides its command line would get
+    work = tmp_path / "work"
+    assert seen["overrides"] == inference_overrides(tmp_path, work / "input" / "image.nrrd", work / "output", "cpu")
     # the work folder was given, so it is kept; the input NRRD carries the geometry
     _, header = nrrd.read(str(tmp_path / "work" / "input" / "image.nrrd"))
     np.testing.assert_allclose(header["space origin"], [1.0, 2.0, 3.0])
 
 
-def test_segment_array_reports_the_bundle_errors(tmp_path: Path, fake_python: Path, monkeypatch) -> None:
-    monkeypatch.setenv("FAKE_MODE", "fail")
+def _segment(fake_python: Path, bundle_dir: Path, **options) -> list[str]:
+    """Output lines of a one-frame segment_array call on the stand-in bundle."""
+    lines: list[str] = []
+    segment_array(np.zeros((1, 4, 4), np.uint8), progress_callback=lambda p: lines.append(p.line),
+                  python_executable=fake_python, bundle_dir=bundle_dir, **options)  # fmt: skip
+    return lines
+
+
+def _engine_pid(lines: list[str]) -> int:
+    """The process that ran the stand-in bundle, as its output names it."""
+    return int(next(line for line in lines if line.startswith("fake bundle run in process ")).split()[-1])
+
+
+def _wait_until(done, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "gave up waiting"
+        time.sleep(0.05)
+
+
+def test_later_segmentations_go_to_the_warm_engine(tmp_path: Path, fake_python: Path) -> None:
+    first = _segment(fake_python, tmp_path, device="cpu")
+    second = _segment(fake_python, tmp_path, device="cpu")
+    engine = _engine_pid(first)
+    assert _engine_pid(second) == engine and not _gone(engine)  # the engine waits for the next request
+    # the workflow, and with it the networks, is made once for both
+    assert any(line.startswith("fake workflow created") for line in first)
+    assert not any(line.startswith("fake workflow created") for line in second)
+    # other overrides: the same process makes the workflow again
+    mirrored = _segment(fake_python, tmp_path, device="cpu", tta=True)
+    assert _engine_pid(mirrored) == engine and any(line.startswith("fake workflow created") for line in mirrored)
+    # another device: the engine is stopped before a new one starts, so their memory is never held twice
+    other_device = _segment(fake_python, tmp_path, device="auto")
+    assert _engine_pid(other_device) != engine and _gone(engine)
+
+
+def test_two_runs_at_a_time_get_an_engine_each(tmp_path: Path, fake_python: Path) -> None:
+    config = RunConfig(device="cpu", python_executable=fake_python, bundle_dir=tmp_path)
+    runs = [BundleRun(np.zeros((1, 4, 4), np.uint8), config=config) for _ in range(2)]
+    for run in runs:
+        run.start()
+    lines: list[list[str]] = [[], []]
+    for run, output in zip(runs, lines):
+        while run.is_running:
+            output += [progress.line for progress in run.poll(timeout=0.1)]
+        assert run.result().labels.max() == 1
+        run.cleanup()
+    warm, extra = (_engine_pid(output) for output in lines)
+    assert warm != extra
+    assert not _gone(warm)  # the shared engine stays warm, the second one was only for its run
+    _wait_until(lambda: _gone(extra))
+
+
+def test_engine_stops_after_the_idle_time(tmp_path: Path, fake_python: Path, monkeypatch) -> None:
+    monkeypatch.setattr(engine_module, "IDLE_TIMEOUT_S", 0.5)
+    engine = _engine_pid(_segment(fake_python, tmp_path))
+    _wait_until(lambda: _gone(engine))
+    lines = _segment(fake_python, tmp_path)
+    assert _engine_pid(lines) != engine
+    assert not any("had stopped" in line for line in lines)  # stopped on purpose: nothing to report
+
+
+def test_a_killed_engine_is_restarted_with_a_log_line(tmp_path: Path, fake_python: Path) -> None:
+    engine = _engine_pid(_segment(fake_python, tmp_path))
+    os.kill(engine, signal.SIGKILL)
+    _wait_until(lambda: _gone(engine))
+    lines = _segment(fake_python, tmp_path)
+    assert lines[0] == f"The segmentation engine (process {engine}) had stopped (exit code -9); starting a new one"
+    assert _engine_pid(lines) != engine
+
+
+def test_an_engine_that_dies_during_a_run_fails_it_and_the_next_run_gets_a_new_one(
+    tmp_path: Path, fake_python: Path
+) -> None:
+    fake_mode("crash")
+    with pytest.raises(SegmentationError, match=r"engine stopped during the segmentation \(exit code 3\)"):
+        _segment(fake_python, tmp_path)
+    fake_mode("ok")
+    assert _segment(fake_python, tmp_path)  # no hang, no error
+
+
+def test_a_silent_engine_is_stopped_instead_of_waited_for(tmp_path: Path, fake_python: Path, monkeypatch) -> None:
+    monkeypatch.setattr(engine_module, "SILENCE_TIMEOUT_S", 1.0)
+    fake_mode("silent")
+    lines: list[str] = []
+    with pytest.raises(SegmentationError, match="printed nothing for 1 s"):
+        segment_array(np.zeros((1, 4, 4), np.uint8), progress_callback=lambda p: lines.append(p.line),
+                      python_executable=fake_python, bundle_dir=tmp_path)  # fmt: skip
+    assert _gone(_engine_pid(lines))
+
+
+def test_segment_array_reports_the_bundle_errors(tmp_path: Path, fake_python: Path) -> None:
+    fake_mode("fail")
+    lines: list[str] = []
     with pytest.raises(SegmentationError, match="truncated") as raised:
-        segment_array(np.zeros((1, 4, 4), np.uint8), python_executable=fake_python, bundle_dir=tmp_path)
+        segment_array(np.zeros((1, 4, 4), np.uint8), progress_callback=lambda p: lines.append(p.line),
+                      python_executable=fake_python, bundle_dir=tmp_path)  # fmt: skip
     assert "exit code 1" in str(raised.value)
+    # a failed input does not cost the engine: the next request goes to the same process
+    fake_mode("ok")
+    assert _engine_pid(_segment(fake_python, tmp_path)) == _engine_pid(lines)
 
 
-def test_segment_array_cancel_event_stops_everything(tmp_path: Path, fake_python: Path, monkeypatch) -> None:
-    monkeypatch.setenv("FAKE_MODE", "hang")
+def test_segment_array_cancel_event_stops_everything(tmp_path: Path, fake_python: Path) -> None:
+    fake_mode("hang")
     cancel = threading.Event()
-    children: list[int] = []
+    lines: list[str] = []
     work_dirs_before = set(Path(tempfile.gettempdir()).glob("BUSISegmentation-*"))
 
     def on_progress(progress) -> None:
-        if progress.line.startswith("CHILD "):
-            children.append(int(progress.line.split()[1]))
+        lines.append(progress.line)
         if progress.total:
             cancel.set()
 
@@ -396,7 +536,38 @@ def test_segment_array_cancel_event_stops_everything(tmp_path: Path, fake_python
         segment_array(np.zeros((3, 4, 4), np.uint8), progress_callback=on_progress, cancel_event=cancel,
                       python_executable=fake_python, bundle_dir=tmp_path)  # fmt: skip
     assert time.monotonic() - started < 30
-    assert children and _gone(children[0])
+    child = int(next(line for line in lines if line.startswith("CHILD ")).split()[1])
+    assert _gone(child) and _gone(_engine_pid(lines))
+    assert set(Path(tempfile.gettempdir()).glob("BUSISegmentation-*")) <= work_dirs_before
+    # the next request starts a new engine, and says nothing of a crash
+    fake_mode("ok")
+    lines = _segment(fake_python, tmp_path)
+    assert not any("had stopped" in line for line in lines)
+
+
+def test_engine_stops_when_the_program_exits(tmp_path: Path, fake_python: Path) -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from BUSISegmentationLib import segment_array\n"
+        "lines = []\n"
+        f"segment_array(np.zeros((1, 4, 4), np.uint8), progress_callback=lambda p: lines.append(p.line),"
+        f" python_executable={str(fake_python)!r}, bundle_dir={str(tmp_path)!r})\n"
+        "print(next(line for line in lines if line.startswith('fake bundle run')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "BUSISegmentation")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    engine = _engine_pid(done.stdout.splitlines())
+    _wait_until(lambda: _gone(engine))
+
+
+def test_stop_engine_stops_the_process_and_removes_its_folder(tmp_path: Path, fake_python: Path) -> None:
+    # what the 3D Slicer module does when it is cleaned up
+    work_dirs_before = set(Path(tempfile.gettempdir()).glob("BUSISegmentation-*"))
+    engine = _engine_pid(_segment(fake_python, tmp_path))
+    assert set(Path(tempfile.gettempdir()).glob("BUSISegmentation-*")) > work_dirs_before  # its exchange folder
+    stop_engine()
+    assert _gone(engine)
     assert set(Path(tempfile.gettempdir()).glob("BUSISegmentation-*")) <= work_dirs_before
 
 
@@ -527,8 +698,8 @@ def _poll_until(module, done, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_closing_the_scene_stops_the_segmentation_and_writes_nothing(slicer_module, monkeypatch) -> None:
-    monkeypatch.setenv("FAKE_MODE", "hang")
+def test_closing_the_scene_stops_the_segmentation_and_writes_nothing(slicer_module) -> None:
+    fake_mode("hang")
     scene = slicer_module.slicer.mrmlScene
     volume, segmentation = _volume(slicer_module), scene.AddNode(fake_slicer.SegmentationNode())
     lines, completed = [], []
@@ -542,9 +713,13 @@ def test_closing_the_scene_stops_the_segmentation_and_writes_nothing(slicer_modu
     _poll_until(slicer_module, lambda: completed)
     assert completed == [task] and task.cancelled and not task.error
     assert time.monotonic() - started < 20  # stopped, not waited for (the stand-in bundle sleeps 120 s)
-    assert _gone(child)
+    assert _gone(child) and _gone(_engine_pid(lines))
     assert segmentation.labels is None and not segmentation.references and not task.lesions
     assert scene.observers == {}  # the Logic no longer observes the scene
+    # the next segmentation gets a new engine
+    fake_mode("ok")
+    volume, segmentation = _volume(slicer_module), scene.AddNode(fake_slicer.SegmentationNode())
+    assert slicer_module.BUSISegmentationLogic().process(volume, segmentation, waitForCompletion=True).succeeded
 
 
 def test_a_node_removed_during_the_run_gets_no_result(slicer_module) -> None:
@@ -557,8 +732,8 @@ def test_a_node_removed_during_the_run_gets_no_result(slicer_module) -> None:
     assert task.cancelled and segmentation.labels is None
 
 
-def test_a_failed_run_is_reported_in_the_task(slicer_module, monkeypatch) -> None:
-    monkeypatch.setenv("FAKE_MODE", "fail")
+def test_a_failed_run_is_reported_in_the_task(slicer_module) -> None:
+    fake_mode("fail")
     scene = slicer_module.slicer.mrmlScene
     volume, segmentation = _volume(slicer_module), scene.AddNode(fake_slicer.SegmentationNode())
     completed = []
@@ -583,6 +758,75 @@ def test_areas_are_in_mm2_only_when_the_image_has_a_pixel_size(slicer_module, fi
     assert segmentation.labels.shape == (1, 5, 6) and segmentation.labels.max() == 1
     assert [lesion_area_text(lesion) for lesion in task.lesions] == [area]
     assert scene.observers == {}
+
+
+def test_current_frame_follows_the_shown_frame_and_cleanup_stops_the_engine(slicer_module, monkeypatch) -> None:
+    module = slicer_module
+    shown = [0]  # the slice the Red view shows
+    monkeypatch.setattr(module.BUSISegmentationLogic, "currentFrameIndex", staticmethod(lambda volume: shown[0]))
+    monkeypatch.setattr(module.BUSISegmentationLogic, "missingDependencies", staticmethod(lambda: []))
+    segmented = []
+    process = module.BUSISegmentationLogic.process
+
+    def recording_process(self, *args, **kwargs):
+        task = process(self, *args, **kwargs)
+        segmented.append(task.frameIndices)
+        return task
+
+    monkeypatch.setattr(module.BUSISegmentationLogic, "process", recording_process)
+    volume = module.slicer.mrmlScene.AddNode(fake_slicer.VolumeNode("cine", np.zeros((3, 5, 6), np.uint8)))
+    widget = module.BUSISegmentationWidget()
+    widget.setup()
+    parameters = widget._parameterNode
+    parameters.inputVolume, parameters.frames = volume, module.FrameSelection.CURRENT
+    parameters.followFrame = True
+    widget.ui.followFrameCheckBox.emit("toggled(bool)", True)
+    _poll_until(module, lambda: segmented == [[0]] and not widget._task)  # the frame shown when turned on
+    shown[0] = 2
+    _poll_until(module, lambda: segmented == [[0], [2]] and not widget._task)
+    for _ in range(3):
+        module.qt.QTimer.fire()
+    assert segmented == [[0], [2]]  # a frame still shown is not segmented again
+    parameters.followFrame = False
+    widget.ui.followFrameCheckBox.emit("toggled(bool)", False)
+    shown[0] = 1
+    for _ in range(3):
+        module.qt.QTimer.fire()
+    assert segmented == [[0], [2]] and not module.qt.QTimer.pending  # turned off: nothing follows the frame
+    # both frames went to one engine, which stops when the module is cleaned up
+    engine = _engine_pid(widget.ui.logTextEdit.lines)
+    assert not any(line.startswith("fake workflow created") for line in widget.ui.logTextEdit.lines)
+    widget.cleanup()
+    assert _gone(engine)
+
+
+def test_changing_the_device_stops_the_engine(slicer_module, tmp_path: Path, fake_python: Path) -> None:
+    engine = _engine_pid(_segment(fake_python, tmp_path))
+    widget = slicer_module.BUSISegmentationWidget()
+    widget.setup()
+    widget.ui.deviceComboBox.emit("currentIndexChanged(int)", 1)
+    assert _gone(engine)  # its memory is freed now, not when the next segmentation starts another engine
+    widget.cleanup()
+
+
+def test_stopping_the_engine_cancels_the_run_in_progress(tmp_path: Path, fake_python: Path) -> None:
+    # what cleaning up the 3D Slicer module, or changing its device, does while a segmentation runs
+    fake_mode("hang")
+    run = BundleRun(np.zeros((1, 4, 4), np.uint8), config=RunConfig(python_executable=fake_python, bundle_dir=tmp_path))
+    run.start()
+    lines: list[str] = []
+
+    def bundle_started() -> bool:
+        lines.extend(progress.line for progress in run.poll())
+        return any(line.startswith("CHILD ") for line in lines)
+
+    _wait_until(bundle_started)
+    stop_engine()
+    assert not run.is_running and run.cancelled
+    with pytest.raises(SegmentationCancelled):
+        run.result()
+    run.cleanup()
+    assert _gone(_engine_pid(lines))
 
 
 def test_logic_without_a_bundle_reports_it_instead_of_failing(slicer_module, tmp_path, monkeypatch) -> None:

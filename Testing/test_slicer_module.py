@@ -1,27 +1,34 @@
 """The 3D Slicer extension's files, checked without 3D Slicer: module source, UI, CMake, terminology, catalog entry
 (against Slicer's schema) and the URLs of the extension's description.
 
-The CMake build runs in ``test_extension_build.py``, the Logic on stand-in Slicer modules in ``test_slicer_lib.py``.
-What needs Slicer itself (the Widget, the Logic's MRML conversions, the self-test) runs in Slicer through CTest:
+Also run here, on the stand-in Slicer modules of ``fake_slicer``, is what the module does with Slicer's own modules:
+its dependencies, Sample Data samples, the nodes of a cine result, the Segment button during the installation of the
+Python packages, and the "Add to training set" button. The CMake build runs in ``test_extension_build.py``, the
+segmentation runs of the Logic in ``test_slicer_lib.py``. What needs Slicer itself runs in Slicer through CTest:
 ``BUSISegmentationTest`` in the module and ``BUSISegmentation/Testing/Python``.
 """
 
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import py_compile
 import re
+import shutil
 import sys
+import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import fake_slicer
 import jsonschema
+import numpy as np
 import pytest
 from PIL import Image
 from pydicom.sr.codedict import codes
 
-from BUSISegmentationLib import BUNDLE_DIR_ENV, load_label_descriptions
+from BUSISegmentationLib import BUNDLE_DIR_ENV, SegmentationOutput, UnmetRequirement, load_label_descriptions
 from BUSISegmentationLib.labels import load_vocabulary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +41,8 @@ SLICER_ONLY_MODULES = {"slicer", "qt", "vtk", "ctk", "SampleData", "PyTorchUtils
 # Extensions Index: the repository name starts with "Slicer", the extension name does not.
 EXTENSION_REPOSITORY = "https://github.com/busi-segmentation/SlicerBUSISegmentation"
 SLICER_SCHEMAS_URL = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas"
+# What the 5.10 extension template of Slicer (Utilities/Templates/Extensions/Default/CMakeLists.txt) starts with.
+CMAKE_MINIMUM_OF_SLICER_5_10 = "cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)"
 # Copy of Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json, the newest catalog entry schema.
 CATALOG_SCHEMA = REPO_ROOT / "Testing" / "schemas" / "slicer-extension-catalog-entry-schema-v1.0.2.json"
 
@@ -175,10 +184,11 @@ def test_module_cmake_lists_every_file() -> None:
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
     # the bundle is copied where BUSISegmentationLib.bundle.locate_bundle looks first
     assert "set(BUNDLE_RESOURCE_DIR Resources/monai_bundle)" in text
-    patterns = ("configs/*.json", "configs/logging.conf", "models/*.pt", "models/*.ts", "scripts/*.py",
-                "sample_data/*.png")
+    patterns = ("configs/*.json", "configs/logging.conf", "models/*.pt", "scripts/*.py", "sample_data/*.png")
     for pattern in patterns:
         assert f"${{BUNDLE_SOURCE_DIR}}/{pattern}" in text
+    # nothing loads the TorchScript exports: the package would carry tens of MB for nothing
+    assert "${BUNDLE_SOURCE_DIR}/models/*.ts" not in text
     testing = (MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt").read_text(encoding="utf-8")
     for script in re.findall(r"SCRIPT (\S+)\)", testing):
         assert (MODULE_DIR / "Testing" / "Python" / script).is_file()
@@ -198,6 +208,7 @@ def test_extension_cmake_metadata() -> None:
     assert metadata["EXTENSION_ICONURL"].endswith("BUSISegmentation/Resources/Icons/BUSISegmentation.png")
     # the Extensions Index names the catalog entry after project() and wants a repository named Slicer...
     assert re.search(r"^project\(BUSISegmentation\)", text, re.M)
+    assert re.search(r"^cmake_minimum_required\(.*\)$", text, re.M).group(0) == CMAKE_MINIMUM_OF_SLICER_5_10
     assert metadata["EXTENSION_HOMEPAGE"] == EXTENSION_REPOSITORY
     order = ["find_package(Slicer 5.10 REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(BUSISegmentation)",
              "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"]  # fmt: skip
@@ -328,3 +339,185 @@ def test_segments_match_what_the_bundle_writes() -> None:
         assert description.name == label.name
         assert f"{label.type.scheme}^{label.type.value}^" in description.terminology_entry
         assert description.color == pytest.approx(tuple(c / 255 for c in label.color), abs=1 / 255)
+
+
+# --- the module on stand-in Slicer modules ----------------------------------------------------------------------
+
+SAMPLES = "BUSI Segmentation"
+FINETUNE_COMMAND = (
+    "python -m monai.bundle run finetune --config_file "
+    "\"['configs/inference.json','configs/train.json','configs/finetune.json']\" --dataset_dir FOLDER"
+)
+
+
+@pytest.fixture
+def module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    return fake_slicer.install(monkeypatch)
+
+
+def _module_class(module) -> types.SimpleNamespace:
+    parent = types.SimpleNamespace()
+    module.BUSISegmentation(parent)
+    return parent
+
+
+def _widget(module, volume=None):
+    if volume is not None:
+        module.slicer.mrmlScene.AddNode(volume)
+    widget = module.BUSISegmentationWidget()
+    widget.setup()
+    return widget
+
+
+def test_module_depends_on_the_slicer_modules_it_uses(module) -> None:
+    parent = _module_class(module)
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    used = {name.lower() for name in re.findall(r"slicer\.modules\.(\w+)\.logic\(\)", source)}
+    used |= {"sampledata"} if "import SampleData" in source else set()
+    used |= {"segmentations"} if "vtkSlicerSegmentationsModuleLogic" in source else set()
+    assert used == {"sequences", "terminologies", "sampledata", "segmentations"}
+    assert parent.dependencies == ["Segmentations", "Sequences", "Terminologies", "SampleData"]
+
+
+def test_help_gives_the_command_that_fine_tunes_on_a_training_set(module) -> None:
+    assert FINETUNE_COMMAND in _module_class(module).helpText
+    for config in ("inference.json", "train.json"):
+        assert (REPO_ROOT / "monai_bundle" / "configs" / config).is_file()
+
+
+def test_sample_data_gives_one_picture_whose_pixel_size_is_unknown(module, tmp_path: Path, monkeypatch) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "monai_bundle" / "configs" / "inference.json", bundle / "configs")
+    (bundle / "sample_data").mkdir()
+    for number in (1, 2):  # numbered pictures of one size: ITK would read them as one series
+        Image.new("L", (6, 5), number).save(bundle / "sample_data" / f"benign ({number}).png")
+    monkeypatch.setenv(BUNDLE_DIR_ENV, str(bundle))
+    _module_class(module)
+    for slot in module.slicer.app.connections["startupCompleted()"]:
+        slot()
+    volume = fake_slicer.click_sample_button(module.slicer, SAMPLES, "benign (1)")
+    assert volume.GetName() == "benign (1)" and volume.array.shape == (1, 5, 6) and volume.array.max() == 1
+    logic = module.BUSISegmentationLogic()
+    assert not logic.pixelSizeKnown(volume)  # lesion areas in pixels, not in mm² of a made-up 1 mm
+    volume.GetStorageNode().SetFileName(str(tmp_path / "saved.nrrd"))  # the scene saved: now an NRRD with 1 mm
+    assert not logic.pixelSizeKnown(volume)
+    # Sample Data's own loading drops the storage node: the reason for the module's own downloader
+    source = module.slicer.modules.sampleDataSources[SAMPLES][0]
+    (loaded,) = sys.modules["SampleData"].SampleDataLogic().downloadFromSource(source)
+    assert loaded.GetStorageNode() is None and logic.pixelSizeKnown(loaded)
+
+
+def test_a_cine_result_is_shown_and_leaves_no_node_behind(module) -> None:
+    scene, fake = module.slicer.mrmlScene, fake_slicer
+    frames = np.random.default_rng(0).integers(0, 256, size=(3, 1, 5, 6), dtype=np.uint8)
+    inputSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    for index, frame in enumerate(frames):
+        inputSequence.SetDataNodeAtValue(fake.VolumeNode(f"frame {index}", frame), str(index))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
+    proxy = scene.AddNode(fake.VolumeNode("cine", frames[0]))
+    browser.AddSynchronizedSequenceNode(inputSequence)
+    browser.AddProxyNode(proxy, inputSequence)
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "cine lesions")  # as the Widget makes it
+    logic = module.BUSISegmentationLogic()
+    _, frameIndices, found = logic.framesFromVolume(proxy, allFrames=True)
+    assert found is browser and frameIndices == [0, 1, 2]
+    labels = np.zeros((3, 5, 6), np.uint8)
+    labels[1, 1:3, 1:4], labels[2, 2:4, 2:5] = 1, 2
+
+    for _run in range(2):  # a second run writes into the sequence of the first
+        logic.importResult(module.SegmentationTask(proxy, output, frameIndices, browser), SegmentationOutput(labels))
+        displays = [node for node in scene.nodes if isinstance(node, fake.DisplayNode)]
+        assert displays == [output.GetDisplayNode()] and output.GetDisplayNode() is not None
+        assert all(display.displayable.scene is scene for display in displays)
+        outputSequence = browser.GetSequenceNode(output)
+        assert [outputSequence.GetNthIndexValue(i) for i in range(3)] == ["0", "1", "2"]
+        for index in range(3):
+            item = outputSequence.GetNthDataNode(index).GetSegmentation()
+            for value, name in ((1, "Benign lesion"), (2, "Malignant lesion")):
+                mask = item.GetSegment(item.GetSegmentIdBySegmentName(name)).mask
+                expected = (labels[index] == value)[np.newaxis]
+                np.testing.assert_array_equal(expected if mask is None and not expected.any() else mask, expected)
+    # the terminology file is read once, not for every frame nor every run
+    assert module.slicer.modules.terminologies.logic().files_read == [str(RESOURCES / "BUSISegmentation.term.json")]
+
+
+def test_segment_cannot_be_clicked_while_the_packages_install(module, monkeypatch) -> None:
+    widget = _widget(module, fake_slicer.VolumeNode("scan", np.zeros((1, 5, 6), np.uint8)))
+    button = widget.ui.segmentButton
+    assert button.enabled
+    monkeypatch.setattr(module, "unmet_torch", lambda: None)
+    monkeypatch.setattr(module, "unmet_requirements", lambda: [UnmetRequirement("monai~=1.6.1", None)])
+    started, during = [], []
+    monkeypatch.setattr(widget.logic, "process", lambda *args, **kwargs: started.append(args))
+
+    def click_again() -> None:  # while pip_install processes events
+        during.append(button.enabled)
+        button.click()
+
+    module.slicer.app.queued_events.append(click_again)
+    button.click()
+    assert during == [False]
+    assert len(module.slicer.dialogs.confirmations) == len(module.slicer.pip_installs) == len(started) == 1
+    assert module.slicer.dialogs.errors == [] and button.enabled
+
+
+def _csv_rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "labels.csv", newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))
+
+
+def test_add_to_training_set_writes_the_corrected_segments(module, tmp_path: Path) -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, size=(1, 5, 6, 3), dtype=np.uint8)
+    volume = fake_slicer.VolumeNode("benign (23)", rgb, file_name="/data/benign (23).png")
+    widget = _widget(module, volume)
+    segmentation = module.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesions")
+    widget._parameterNode.outputSegmentation = segmentation
+    button = widget.ui.addToTrainingSetButton
+    assert not button.enabled
+    assert "training set folder" in button.toolTip and "patient or study ID" in button.toolTip
+    labels = np.zeros((1, 5, 6), np.uint8)
+    labels[0, 1:3, 1:4], labels[0, 3:5, 2:4] = 1, 2
+    widget.logic.updateSegments(segmentation, labels, volume)  # as corrected in Segment Editor
+    folder = tmp_path / "training set"
+    widget.ui.trainingSetPathLineEdit.setCurrentPath(str(folder))
+    widget.ui.splitGroupLineEdit.setText("patient 7")
+    assert button.enabled
+    button.click()
+    first_image = (folder / "images" / "benign (23).png").read_bytes()
+    button.click()  # the same image again: a new case, the first one untouched
+    assert (folder / "images" / "benign (23).png").read_bytes() == first_image
+    assert _csv_rows(folder) == [
+        {"id": "benign (23)", "pathology": "malignant", "split_group": "patient 7"},
+        {"id": "benign (23)-2", "pathology": "malignant", "split_group": "patient 7"},
+    ]
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "masks" / "benign (23).png")), labels[0])
+    grey = np.round(rgb[0].astype(np.float64) @ [0.299, 0.587, 0.114])
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "images" / "benign (23).png")), grey)
+    assert widget.ui.logTextEdit.lines[-1].startswith("Added benign (23)-2 (malignant, patient or study patient 7)")
+
+    # A DICOM image: its Patient ID is recorded, nothing is typed.
+    volume.attributes["DICOM.instanceUIDs"] = "1.2.3"
+    module.slicer.dicomDatabase.values[("/dicom/1.2.3.dcm", "0010,0020")] = "PAT-42"
+    widget.updateButtons()
+    assert not widget.ui.splitGroupLineEdit.enabled and widget.ui.splitGroupLineEdit.text == ""
+    assert "PAT-42" in widget.ui.splitGroupLineEdit.placeholderText and button.enabled
+    button.click()
+    assert _csv_rows(folder)[-1]["split_group"] == "PAT-42"
+
+    # A segmentation without the lesion segments: an error, and nothing written.
+    widget._parameterNode.outputSegmentation = module.slicer.mrmlScene.AddNewNodeByClass(
+        "vtkMRMLSegmentationNode", "other"
+    )
+    button.click()
+    assert 'other has no "Benign lesion" or "Malignant lesion" segment' in module.slicer.dialogs.errors[-1]
+    assert len(_csv_rows(folder)) == 3 and len(list((folder / "masks").iterdir())) == 3
+
+
+def test_study_uid_is_the_group_of_a_dicom_image_without_patient_id(module) -> None:
+    logic = module.BUSISegmentationLogic()
+    volume = fake_slicer.VolumeNode("us", np.zeros((1, 4, 4), np.uint8))
+    assert logic.dicomPatientOrStudyId(volume) == ""
+    volume.attributes["DICOM.instanceUIDs"] = "1.2.3"
+    module.slicer.dicomDatabase.values[("/dicom/1.2.3.dcm", "0020,000D")] = "1.2.840.5"
+    assert logic.dicomPatientOrStudyId(volume) == "1.2.840.5"

@@ -7,7 +7,16 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["BUNDLE_DIR_ENV", "DEVICES", "MODULE_DIR", "bundle_candidates", "build_command", "locate_bundle"]
+__all__ = [
+    "BUNDLE_DIR_ENV",
+    "DEVICES",
+    "MODULE_DIR",
+    "bundle_candidates",
+    "build_command",
+    "check_device",
+    "inference_overrides",
+    "locate_bundle",
+]
 
 BUNDLE_DIR_ENV = "BUSI_BUNDLE_DIR"
 # Directory of BUSISegmentation.py, in the source tree and in an installed extension alike.
@@ -48,10 +57,55 @@ def locate_bundle() -> Path:
     raise FileNotFoundError(f"MONAI bundle not found; searched {searched} (or set {BUNDLE_DIR_ENV})")
 
 
-def _list_argument(values: list[str]) -> str:
+def check_device(device: str) -> None:
+    """Raises ValueError when ``device`` is not one of :data:`DEVICES`."""
+    if device not in DEVICES:
+        raise ValueError(f"device {device!r} is not supported; choose from {list(DEVICES)}")
+
+
+def inference_overrides(
+    bundle_dir: str | Path, input_file: str | Path, output_dir: str | Path, device: str = "auto", tta: bool = False
+) -> dict:
+    """The bundle inference on one file: its config file and the values that override the config's.
+
+    With these, the bundle writes the files that :func:`BUSISegmentationLib.volume_io.result_paths` names: a NIfTI
+    label map (0 background, 1 benign, 2 malignant) in the input's geometry and the lesion table. It prints
+    ``PROGRESS <done> <total>`` once per frame and ``ERROR <message>`` when the input cannot be segmented. No
+    overlay picture is asked for: 3D Slicer shows the segmentation itself. The keys are the arguments of
+    ``monai.bundle.create_workflow`` and, with ``--``, of ``python -m monai.bundle run``.
+
+    Args:
+        bundle_dir: the bundle folder (see :func:`locate_bundle`).
+        input_file: image to segment; ``output_dir`` must not be inside its folder.
+        output_dir: folder for the results.
+        device: one of :data:`DEVICES`.
+        tta: also segment the mirrored image and average (twice the computation).
+
+    Raises:
+        ValueError: unknown ``device``.
+    """
+    check_device(device)
+    bundle_dir = Path(bundle_dir)
+    overrides = {
+        "config_file": (bundle_dir / INFERENCE_CONFIG).as_posix(),
+        "bundle_root": bundle_dir.as_posix(),
+        "input_files": [Path(input_file).as_posix()],
+        "output_dir": Path(output_dir).as_posix(),
+        # A plain label map: its values are the vocabulary's label values, so no segment names need matching.
+        "formats": ["nifti"],
+        "overlays": False,
+        "tta": tta,
+        "progress": "lines",
+    }
+    if device != "auto":
+        overrides["device"] = device
+    return overrides
+
+
+def _argument(value: str | bool | list[str]) -> str:
     # The bundle parses list overrides as Python literals; JSON strings with forward slashes are valid literals
     # on every platform (a Windows path with backslashes would be read as escape sequences).
-    return json.dumps(values)
+    return json.dumps(value) if isinstance(value, list) else str(value)
 
 
 def build_command(
@@ -62,39 +116,16 @@ def build_command(
     device: str = "auto",
     tta: bool = False,
 ) -> list[str]:
-    """Command line that runs the bundle inference on one file and writes a label map and lesion table.
-
-    The bundle writes the files that :func:`BUSISegmentationLib.volume_io.result_paths` names: a NIfTI label map
-    (0 background, 1 benign, 2 malignant) in the input's geometry and the lesion table. It prints
-    ``PROGRESS <done> <total>`` once per frame and ``ERROR <message>`` when the input cannot be segmented. No
-    overlay picture is asked for: 3D Slicer shows the segmentation itself.
+    """Command line that runs the bundle inference of :func:`inference_overrides` on one file in a new process.
 
     Args:
         python_executable: Python that has MONAI and torch (``PythonSlicer`` inside 3D Slicer).
-        bundle_dir: the bundle folder (see :func:`locate_bundle`).
-        input_file: image to segment; ``output_dir`` must not be inside its folder.
-        output_dir: folder for the results.
-        device: one of :data:`DEVICES`.
-        tta: also segment the mirrored image and average (twice the computation).
+        bundle_dir, input_file, output_dir, device, tta: see :func:`inference_overrides`.
 
     Raises:
         ValueError: unknown ``device``.
     """
-    if device not in DEVICES:
-        raise ValueError(f"device {device!r} is not supported; choose from {list(DEVICES)}")
-    bundle_dir = Path(bundle_dir)
-    command = [
-        str(python_executable), "-m", "monai.bundle", "run",
-        "--config_file", (bundle_dir / INFERENCE_CONFIG).as_posix(),
-        "--bundle_root", bundle_dir.as_posix(),
-        "--input_files", _list_argument([Path(input_file).as_posix()]),
-        "--output_dir", Path(output_dir).as_posix(),
-        # A plain label map: its values are the vocabulary's label values, so no segment names need matching.
-        "--formats", _list_argument(["nifti"]),
-        "--overlays", "False",
-        "--tta", "True" if tta else "False",
-        "--progress", "lines",
-    ]  # fmt: skip
-    if device != "auto":
-        command += ["--device", device]
+    command = [str(python_executable), "-m", "monai.bundle", "run"]
+    for name, value in inference_overrides(bundle_dir, input_file, output_dir, device, tta).items():
+        command += [f"--{name}", _argument(value)]
     return command

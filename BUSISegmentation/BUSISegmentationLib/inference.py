@@ -1,4 +1,4 @@
-"""Segment an image array with the bundle running in a separate process.
+"""Segment an image array with the bundle running in a separate process, the warm engine.
 
 :class:`BundleRun` is one inference that its owner polls: a loop in :func:`segment_array`, or a GUI timer in the
 3D Slicer module, so that the application stays responsive while the bundle works.
@@ -9,19 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .bundle import build_command, locate_bundle
-from .process import BackgroundProcess
+from .bundle import inference_overrides, locate_bundle
+from .engine import Engine, EngineSettings, acquire_engine
 from .progress import OutputParser, Progress, ProgressCallback
-from .volume_io import read_result, write_input
+from .volume_io import check_input, read_result, write_input
 
 __all__ = [
     "BundleRun",
@@ -80,6 +78,9 @@ class SegmentationOutput:
 class BundleRun:
     """One bundle inference on one array, started with :meth:`start` and followed with :meth:`poll`.
 
+    It runs in the warm engine (see :mod:`BUSISegmentationLib.engine`): the first run of a program starts the engine
+    process, later runs with the same device, Python, bundle and environment reuse it and its loaded networks.
+
     Args:
         array: ``(frames, rows, columns)`` or ``(frames, rows, columns, 3 or 4)`` pixels, as 3D Slicer's
             ``arrayFromVolume`` gives them.
@@ -88,8 +89,8 @@ class BundleRun:
         origin: LPS position of the first pixel in mm.
         direction: 3x3 LPS directions of the column, row and frame axes (as columns); None for identity.
         config: how to run the bundle.
-        work_dir: folder for the input and output files, kept afterwards; None for a temporary folder that
-            :meth:`cleanup` removes.
+        work_dir: folder for the input and output files, kept afterwards; None for the engine's own folder, whose
+            files are replaced by the next run.
     """
 
     def __init__(
@@ -107,67 +108,64 @@ class BundleRun:
         self.direction = direction
         self.config = config or RunConfig()
         self.parser = OutputParser()
-        self._own_work_dir = work_dir is None
         self.work_dir = None if work_dir is None else Path(work_dir)
-        self._process: BackgroundProcess | None = None
+        self._engine: Engine | None = None
 
     @property
     def output_dir(self) -> Path:
         return self.work_dir / "output"
 
     def start(self) -> None:
-        """Write the input file and start the inference process.
+        """Write the input file and send it to the engine, starting the engine when needed.
 
         Raises:
             ValueError: the array or geometry cannot be written, or the device is unknown.
             FileNotFoundError: the bundle was not found.
         """
-        if self._process is not None:
+        if self._engine is not None:
             raise RuntimeError("the run was already started")
+        # Bad values fail here, before an engine process is started for nothing.
+        check_input(self.array, self.spacing, self.origin, self.direction)
         bundle_dir = Path(self.config.bundle_dir) if self.config.bundle_dir else locate_bundle()
-        if self.work_dir is None:
-            self.work_dir = Path(tempfile.mkdtemp(prefix="BUSISegmentation-"))
+        env = os.environ if self.config.env is None else self.config.env
+        python = self.config.python_executable or sys.executable
+        engine = acquire_engine(EngineSettings.make(python, bundle_dir, self.config.device, env))
         try:
+            # The engine's folder keeps its file names from run to run, so the engine keeps its workflow.
+            self.work_dir = self.work_dir or engine.work_dir
             # The input has a folder of its own: the bundle refuses an output folder inside the input's folder.
             input_file = write_input(
                 self.array, self.spacing, self.origin, self.direction, self.work_dir / "input" / f"{INPUT_STEM}.nrrd"
             )
-            command = build_command(
-                self.config.python_executable or sys.executable,
-                bundle_dir,
-                input_file,
-                self.output_dir,
-                self.config.device,
-                self.config.tta,
-            )
-            env = dict(os.environ if self.config.env is None else self.config.env)
-            env["PYTHONUNBUFFERED"] = "1"  # progress lines arrive as they are printed
-            process = BackgroundProcess(command, env=env)
-            process.start()
+            shutil.rmtree(self.output_dir, ignore_errors=True)  # a result is never one of an earlier run
+            engine.submit(inference_overrides(bundle_dir, input_file, self.output_dir, self.config.device,
+                                              self.config.tta))  # fmt: skip
         except Exception:
-            self.cleanup()
+            engine.release()
             raise
-        self._process = process
+        self._engine = engine
 
     @property
     def is_running(self) -> bool:
-        """True from :meth:`start` until the process has ended and all its output was read."""
-        return self._process is not None and self._process.is_running
+        """True from :meth:`start` until :meth:`poll` has returned the run's last output line."""
+        return self._engine is not None and self._engine.request_open
+
+    def poll(self, timeout: float = 0.0) -> list[Progress]:
+        """Progress after each output line received since the last call, waiting up to ``timeout`` seconds for the
+        first one (0: never blocks)."""
+        if self._engine is None:
+            return []
+        return [self.parser.feed(line) for line in self._engine.poll(timeout)]
 
     @property
     def cancelled(self) -> bool:
-        return self._process is not None and self._process.cancelled
-
-    def poll(self) -> list[Progress]:
-        """Progress after each output line received since the last call; never blocks."""
-        if self._process is None:
-            return []
-        return [self.parser.feed(line) for line in self._process.poll()]
+        """True when the engine was stopped during the run: by :meth:`cancel` or by ``stop_engine``."""
+        return self._engine is not None and self._engine.request_cancelled
 
     def cancel(self) -> None:
-        """Stop the inference process and everything it started."""
-        if self._process is not None:
-            self._process.cancel()
+        """Stop the inference: the engine process and everything it started (the next run starts a new one)."""
+        if self.is_running:
+            self._engine.stop()
 
     def result(self) -> SegmentationOutput:
         """The segmentation of a finished run.
@@ -176,21 +174,20 @@ class BundleRun:
             SegmentationCancelled: the run was cancelled.
             SegmentationError: the inference failed.
         """
-        if self._process is None or self.is_running:
+        if self._engine is None or self.is_running:
             raise RuntimeError("the run has not finished; poll until is_running is False")
         if self.cancelled:
             raise SegmentationCancelled("segmentation was cancelled")
-        returncode = self._process.returncode
+        returncode = self._engine.returncode
         if returncode != 0:
             raise SegmentationError(self.parser.failure_message(returncode))
         labels, lesions = read_result(self.output_dir, INPUT_STEM, shape=self.array.shape[:3])
         return SegmentationOutput(labels=labels, lesions=lesions)
 
     def cleanup(self) -> None:
-        """Stop the process if it still runs and remove the temporary folder (a given ``work_dir`` is kept)."""
-        self.cancel()
-        if self._own_work_dir and self.work_dir is not None:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+        """Hand the engine back for the next run; a run still going is stopped. A given ``work_dir`` is kept."""
+        if self._engine is not None:
+            self._engine.release()
 
 
 def segment_array(
@@ -219,7 +216,8 @@ def segment_array(
         tta: also segment the mirrored image and average.
         progress_callback: called with the progress after each output line of the inference.
         cancel_event: when set, the inference is stopped and :class:`SegmentationCancelled` raised.
-        work_dir: keep the input and output files in this folder; None for a temporary folder.
+        work_dir: keep the input and output files in this folder; None for the engine's folder, reused by the next
+            call.
         python_executable: Python with MONAI and torch; None for the running interpreter.
         bundle_dir: bundle folder; None to search for it.
         env: environment of the inference process; None for the current one.
@@ -234,15 +232,13 @@ def segment_array(
     try:
         run.start()
         while True:
-            running = run.is_running  # read before polling, so the last lines are not missed
-            for progress in run.poll():
+            for progress in run.poll(timeout=POLL_INTERVAL_S):
                 if progress_callback:
                     progress_callback(progress)
             if cancel_event is not None and cancel_event.is_set():
                 run.cancel()
                 raise SegmentationCancelled("segmentation was cancelled")
-            if not running:
+            if not run.is_running:
                 return run.result()
-            time.sleep(POLL_INTERVAL_S)
     finally:
         run.cleanup()

@@ -51,16 +51,22 @@ class BackgroundProcess:
         command: program and arguments.
         env: environment of the child; None keeps the current environment.
         cwd: working directory of the child; None keeps the current one.
+        accepts_input: give the child a standard input that :meth:`send` writes to; otherwise it has none.
     """
 
     def __init__(
-        self, command: Sequence[str | Path], env: Mapping[str, str] | None = None, cwd: str | Path | None = None
+        self,
+        command: Sequence[str | Path],
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        accepts_input: bool = False,
     ) -> None:
         if not command:
             raise ValueError("command is empty; give the program to run and its arguments")
         self.command = [str(part) for part in command]
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
+        self.accepts_input = accepts_input
         self.cancelled = False
         self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
@@ -79,7 +85,7 @@ class BackgroundProcess:
             options["startupinfo"] = startup
         self._process = subprocess.Popen(
             self.command,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if self.accepts_input else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -115,9 +121,23 @@ class BackgroundProcess:
         """Exit code of the child; None before start and while it runs."""
         return self._process.poll() if self._process is not None else None
 
-    def poll(self) -> list[str]:
-        """Output lines received since the last call; never blocks."""
+    def send(self, line: str) -> None:
+        """Write one line to the child's standard input (see ``accepts_input``).
+
+        Raises:
+            OSError: the child has closed its input, or has exited.
+        """
+        self._process.stdin.write(line + "\n")
+        self._process.stdin.flush()
+
+    def poll(self, timeout: float = 0.0) -> list[str]:
+        """Output lines received since the last call, waiting up to ``timeout`` seconds for the first one."""
         lines = []
+        if timeout > 0:
+            try:
+                lines.append(self._lines.get(timeout=timeout))
+            except queue.Empty:
+                return lines
         while True:
             try:
                 lines.append(self._lines.get_nowait())
@@ -131,6 +151,11 @@ class BackgroundProcess:
         self.cancelled = True
         kill_process_tree(self._process.pid)
         self._process.wait()
+        if self._process.stdin is not None:
+            try:
+                self._process.stdin.close()
+            except OSError:
+                pass  # the child is gone: what was left unread in the pipe does not matter
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait until the child has exited and all its output has been read; returns its exit code.

@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "PICTURE_SUFFIXES",
+    "check_input",
     "lesion_area_text",
     "pixel_size_is_known",
     "read_result",
@@ -70,6 +71,18 @@ def _geometry_header(
         "space directions": [list(axes[:, axis]) for axis in range(3)],
         "space origin": list(origin),
     }
+
+
+def check_input(
+    array: np.ndarray,
+    spacing: Sequence[float] | None,
+    origin: Sequence[float],
+    direction: np.ndarray | Sequence[Sequence[float]] | None,
+) -> None:
+    """Raises the ValueError that :func:`write_input` would raise for these values, without writing anything."""
+    _check_array(np.asarray(array))
+    if spacing is not None:
+        _geometry_header(spacing, origin, direction)
 
 
 def write_input(

@@ -26,4 +26,4 @@ class BUSISegmentationResourcesTest(unittest.TestCase):
             self.assertTrue(description.terminology_entry.startswith(contextName + "~"))
             entry = slicer.vtkSlicerTerminologyEntry()
             self.assertTrue(terminologies.DeserializeTerminologyEntry(description.terminology_entry, entry))
-            self.assertEqual(entry.GetAnatomicRegionObject().GetCodeValue(), "76752008")
+            self.assertEqual(entry.GetRegionObject().GetCodeValue(), "76752008")
