@@ -22,6 +22,13 @@ PRINTED = (
     "target around_network_default_ms 15.0:",
     "target around_network_label_maps_ms 8.0:",
     "target forward_share 0.8:",
+    "segment_array, 779x583 picture, s per call: first call",
+    "a process per call as before the engine",
+    "the engine adds to a warm call",
+    "target warm_segment_array_s 0.5:",
+    "target first_call_ratio 1.1:",
+    "lesion descriptors, ms per lesion: median",
+    "target descriptors_ms 5.0:",
     "training step, images/s: float32",
 )
 
@@ -55,4 +62,15 @@ def test_quick_benchmark_prints_and_writes_every_figure(tmp_path):
             sum(figures[f"around_network_{key}_ms"] for figures in report["rounds"]) / 2,
         )
     assert report["training_images_per_s"]["float32"] > 0
-    assert set(report["targets"]) == {"around_network_default_ms", "around_network_label_maps_ms", "forward_share"}
+    assert report["descriptors_ms"]["lesions"] > 0 and 0 < report["descriptors_ms"]["median"] <= report[
+        "descriptors_ms"]["slowest"]
+    assert set(report["targets"]) == {
+        "around_network_default_ms", "around_network_label_maps_ms", "forward_share", "warm_segment_array_s",
+        "first_call_ratio", "descriptors_ms",
+    }  # fmt: skip
+    # --quick: two rounds of three segment_array calls, the first of each round cold
+    calls = report["segment_array"]
+    assert len(calls["own_process_s"]) == len(calls["first_call_s"]) == 2
+    assert len(calls["warm_s"]) == len(calls["engine_adds_s"]) == 4
+    assert math.isclose(report["first_call_ratio"], report["segment_array_first_call_s"]
+                        / report["segment_array_own_process_s"])  # fmt: skip

@@ -18,7 +18,7 @@ from PIL import Image
 from scipy import ndimage
 
 from busi_synthetic import make_busi, make_folder_layout
-from scripts.evaluate import compare_evaluations, read_per_image, summarise
+from scripts.evaluate import compare_evaluations, read_per_image, summarise, summarise_by_source
 from scripts.metrics import bootstrap_ci, image_metrics
 from scripts.postprocess import _fill_holes, find_lesions, measure_lesions
 from scripts.prepare import Preparation, sampling_weights
@@ -237,6 +237,25 @@ def test_two_evaluations_are_compared_image_by_image(tmp_path):
     assert summarise(rows)["benign_vs_malignant_accuracy"]["mean"] == 0.5
     with pytest.raises(ValueError, match="--candidate_dir"):
         compare_evaluations(str(tmp_path / "baseline"), None)
+
+
+def test_summary_has_each_source_and_marks_apart():
+    lesion = np.zeros((10, 10), dtype=np.uint8)
+    lesion[2:6, 2:6] = 1
+    empty = np.zeros_like(lesion)
+    rows = [
+        {"name": "A/1", "source": "A", **image_metrics(lesion, lesion)},
+        {"name": "A/2", "source": "A", **image_metrics(empty, empty)},
+        {"name": "B/1", "source": "B", "marks": "yes", **image_metrics(lesion, lesion)},
+        {"name": "B/2", "source": "B", "marks": "no", **image_metrics(empty, lesion)},  # a lesion missed
+    ]
+    summary = summarise_by_source(rows, samples=50)
+    assert summary["lesion_image_missed"]["mean"] == pytest.approx(1 / 3)
+    by_source = summary["by_source"]
+    assert set(by_source) == {"A", "B", "B, with marks", "B, without marks"}
+    assert by_source["A"]["lesion_image_missed"]["mean"] == 0 and by_source["B"]["lesion_dice"]["mean"] == 0.5
+    assert by_source["B, without marks"]["lesion_image_missed"]["mean"] == 1 and by_source["B, with marks"]["images"] == 1
+    assert "by_source" not in summarise_by_source([{k: v for k, v in r.items() if k != "source"} for r in rows])
 
 
 def test_each_lesion_gets_one_class_and_specks_are_dropped():

@@ -12,14 +12,23 @@ Printed, and written to a JSON file:
    run), with the default outputs and with label maps only (no overlays), and the work around the network: end to
    end minus the faster of the two bare forward figures in the configured precision, taken in the same round;
    2 and 3 are measured in several rounds (default 3) and printed as the median with the range;
-4. training throughput, images/s, of one training step (forward, loss, backward, optimiser) at the training
+4. ``BUSISegmentationLib.segment_array`` on the 779x583 sample picture, what a 3D Slicer click costs, in seconds per
+   call: the first call of a program (it starts the engine process: Python, ``import monai.bundle``, the networks)
+   and the later calls that go to the warm engine, next to a call that starts ``python -m monai.bundle run`` for
+   itself, as every call did before the engine; in several rounds, each starting from no engine; and what the engine
+   adds to a warm call: the warm call minus a run of the same workflow in the benchmark's own process, taken in
+   turns with the warm calls;
+5. the lesion descriptors (``scripts.descriptors``, what ``measure_lesions`` adds per lesion), in ms per lesion, on
+   the lesions the shipped networks find in the sample pictures, at the pictures' size;
+6. training throughput, images/s, of one training step (forward, loss, backward, optimiser) at the training
    batch size, in float32 and in bf16.
 
 Everything is built from the bundle configs with overrides, never re-declared. Run it on an otherwise idle machine.
 
 Usage::
 
-    python benchmarks/benchmark.py [--images 60] [--repeats 10] [--rounds 3] [--quick] [--json /tmp/busi_benchmark.json]
+    python benchmarks/benchmark.py [--images 60] [--repeats 10] [--rounds 3] [--calls 10] [--quick]
+        [--json /tmp/busi_benchmark.json]
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +53,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
 BUSI_SIZE = (470, 560)  # rows, columns of a typical BUSI image
-TARGETS = {"around_network_default_ms": 15.0, "around_network_label_maps_ms": 8.0, "forward_share": 0.8}
+SLICER_PICTURE = BUNDLE / "sample_data" / "benign (23).png"  # 779x583
+TARGETS = {
+    "around_network_default_ms": 15.0, "around_network_label_maps_ms": 8.0, "forward_share": 0.8,
+    # seconds of a warm segment_array call; a first call at most this many times one that starts its own process
+    "warm_segment_array_s": 0.5, "first_call_ratio": 1.1,
+    "descriptors_ms": 5.0,  # per lesion, the slowest lesion
+}  # fmt: skip
 
 
 def cpu_model() -> str:
@@ -135,6 +151,47 @@ def end_to_end_ms(images: int, size: tuple[int, int], image_size: list[int], ove
         return (seconds(images, "long") - seconds(short, "short")) / (images - short) * 1000
 
 
+def segment_array_seconds(rounds: int, calls: int) -> dict:
+    """Seconds per ``segment_array`` call on the 779x583 sample, on the CPU: in each round a call in a process of
+    its own (``monai.bundle run``, as before the engine), then ``calls`` calls from no engine: the first starts it,
+    the others go to it warm, each followed by the same workflow run in this process (its difference to the warm
+    call is what the engine adds: files, process, polling)."""
+    sys.path.insert(0, str(REPO_ROOT / "BUSISegmentation"))
+    from BUSISegmentationLib import build_command, read_result, segment_array, stop_engine, write_input
+
+    picture = np.asarray(Image.open(SLICER_PICTURE))[np.newaxis]
+    figures: dict[str, list[float]] = {"own_process_s": [], "first_call_s": [], "warm_s": [], "engine_adds_s": []}
+    with tempfile.TemporaryDirectory() as folder:
+        input_file = write_input(picture, None, (0.0, 0.0, 0.0), None, Path(folder) / "input" / "image.nrrd")
+        output = Path(folder) / "output"
+        in_process = parser_for(
+            ["inference.json"], input_files=[str(input_file)], output_dir=str(output), formats=["nifti"],
+            overlays=False, progress="none",
+        ).get_parsed_content("runner")
+        in_process.run()  # weights and one-time costs
+        for _ in range(rounds):
+            started = time.perf_counter()
+            write_input(picture, None, (0.0, 0.0, 0.0), None, input_file)
+            subprocess.run(build_command(sys.executable, BUNDLE, input_file, output, "cpu"), check=True,
+                           capture_output=True)  # fmt: skip
+            read_result(output, "image")
+            figures["own_process_s"].append(time.perf_counter() - started)
+            stop_engine()
+            for call in range(calls):
+                started = time.perf_counter()
+                segment_array(picture, spacing=None, device="cpu")
+                seconds = time.perf_counter() - started
+                if not call:
+                    figures["first_call_s"].append(seconds)
+                    continue
+                figures["warm_s"].append(seconds)
+                started = time.perf_counter()
+                in_process.run()
+                figures["engine_adds_s"].append(seconds - (time.perf_counter() - started))
+            stop_engine()
+    return figures
+
+
 def training_images_per_second(image_size: list[int], repeats: int) -> dict[str, float]:
     """One training step at the training batch size, float32 and bf16 (where supported)."""
     from scripts.network import mixed_precision_dtype
@@ -158,6 +215,26 @@ def training_images_per_second(image_size: list[int], repeats: int) -> dict[str,
 
         figures[name] = batch_size / median_ms(step, max(2, repeats // 3), warmup=1) * 1000
     return figures
+
+
+def descriptor_ms(repeats: int) -> dict:
+    """Milliseconds per lesion of the lesion descriptors, each lesion's median over ``repeats`` runs, for every lesion
+    the shipped networks find in the sample pictures (a lesion's mask cut from the lesion map, then the
+    descriptors, as ``measure_lesions`` does)."""
+    from scipy import ndimage
+
+    from scripts.descriptors import describe_lesion
+    from scripts.reader import read_image
+
+    runner = parser_for(["inference.json"]).get_parsed_content("runner")
+    per_lesion = []
+    for path in sorted((BUNDLE / "sample_data").glob("*.png")):
+        image = read_image(path)
+        grey = image.frames[0]
+        numbers, count = ndimage.label(runner.segment(image).labels[0] > 0)
+        for k in range(1, count + 1):
+            per_lesion.append(median_ms(lambda: describe_lesion(numbers == k, grey, (0.1, 0.1)), repeats))
+    return {"lesions": len(per_lesion), "median": statistics.median(per_lesion), "slowest": max(per_lesion)}
 
 
 def measure_round(image_size: list[int], size: tuple[int, int], images: int, repeats: int) -> dict:
@@ -188,11 +265,15 @@ def median_of(rounds: list[dict], *keys: str) -> float:
     return statistics.median(per_round(rounds, *keys))
 
 
-def spread(rounds: list[dict], *keys: str, digits: int = 1) -> str:
-    """The median over the rounds, and their range when there are several."""
-    values = per_round(rounds, *keys)
+def median_range(values: list[float], digits: int = 1) -> str:
+    """The median, and the range when there are several values."""
     text = f"{statistics.median(values):.{digits}f}"
     return text if len(values) == 1 else f"{text} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def spread(rounds: list[dict], *keys: str, digits: int = 1) -> str:
+    """The median over the rounds, and their range when there are several."""
+    return median_range(per_round(rounds, *keys), digits)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -200,13 +281,14 @@ def main(argv: list[str] | None = None) -> dict:
     options.add_argument("--images", type=int, default=60, help="BUSI-sized pictures for the end-to-end runs")
     options.add_argument("--repeats", type=int, default=10, help="timed runs of each forward / training step")
     options.add_argument("--rounds", type=int, default=3, help="rounds of forward and end-to-end runs; medians")
+    options.add_argument("--calls", type=int, default=10, help="segment_array calls per round, the first one cold")
     options.add_argument("--quick", action="store_true", help="tiny sizes to check that it works; not representative")
     options.add_argument("--json", type=Path, default=Path("/tmp/busi_benchmark.json"), help="where figures go")
     args = options.parse_args(argv)
     image_size, size, images, repeats = [256, 256], BUSI_SIZE, args.images, args.repeats
     if args.quick:
         image_size, size, images, repeats = [64, 64], (BUSI_SIZE[0] // 4, BUSI_SIZE[1] // 4), 20, 2
-        args.rounds = min(args.rounds, 2)
+        args.rounds, args.calls = min(args.rounds, 2), min(args.calls, 3)
     sys.path.insert(0, str(BUNDLE))  # the bundle's scripts, as its configs' "initialize" does
     from scripts.network import mixed_precision_dtype
 
@@ -231,11 +313,26 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"end to end, {label}, ms per image: {spread(rounds, f'end_to_end_{key}_ms')}; "
               f"around the network {spread(rounds, f'around_network_{key}_ms')}; "
               f"forward / end to end {spread(rounds, f'forward_share_{key}', digits=2)}")
+    calls = report["segment_array"] = segment_array_seconds(args.rounds, args.calls)
+    for name in ("own_process_s", "first_call_s", "warm_s", "engine_adds_s"):
+        report[f"segment_array_{name}"] = statistics.median(calls[name])
+    report["first_call_ratio"] = report["segment_array_first_call_s"] / report["segment_array_own_process_s"]
+    print(f"segment_array, 779x583 picture, s per call: first call {median_range(calls['first_call_s'], 2)}, "
+          f"warm {median_range(calls['warm_s'], 2)} ({len(calls['warm_s'])} calls); a process per call as before "
+          f"the engine {median_range(calls['own_process_s'], 2)}; "
+          f"first call / process per call {report['first_call_ratio']:.2f}; the engine adds to a warm call "
+          f"{median_range(calls['engine_adds_s'], 2)}")
+    descriptors = report["descriptors_ms"] = descriptor_ms(max(repeats, 20))
+    print(f"lesion descriptors, ms per lesion: median {descriptors['median']:.2f}, "
+          f"slowest {descriptors['slowest']:.2f} ({descriptors['lesions']} lesions of the sample pictures)")
     checks = {
         "around_network_default_ms": report["around_network_default_ms"] <= TARGETS["around_network_default_ms"],
         "around_network_label_maps_ms": report["around_network_label_maps_ms"]
         <= TARGETS["around_network_label_maps_ms"],
         "forward_share": report["forward_share_default"] >= TARGETS["forward_share"],
+        "warm_segment_array_s": report["segment_array_warm_s"] <= TARGETS["warm_segment_array_s"],
+        "first_call_ratio": report["first_call_ratio"] <= TARGETS["first_call_ratio"],
+        "descriptors_ms": descriptors["slowest"] <= TARGETS["descriptors_ms"],
     }
     for name, passed in checks.items():
         print(f"target {name} {TARGETS[name]}: {'PASS' if passed else 'FAIL'}")

@@ -259,7 +259,8 @@ class Evaluation:
 
     def _write_csv(self, rows: list[dict]) -> None:
         with open(self.output_dir / "per_image.csv", "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+            # sources that flag burned-in marks add a column; other sources' rows leave it empty
+            writer = csv.DictWriter(stream, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), restval="")
             writer.writeheader()
             writer.writerows(rows)
 
