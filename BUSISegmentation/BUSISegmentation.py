@@ -36,6 +36,7 @@ from slicer.util import VTKObservationMixin
 
 import BUSISegmentationLib
 from BUSISegmentationLib import (
+    LESION_TABLE_HEADERS,
     TORCH_REQUIREMENT,
     TORCH_VERSION,
     BundleRun,
@@ -44,11 +45,13 @@ from BUSISegmentationLib import (
     RunConfig,
     SegmentationCancelled,
     SegmentationOutput,
-    lesion_area_text,
+    diameter_lines,
+    lesion_table_row,
     load_label_descriptions,
     locate_bundle,
     pip_install_arguments,
     pixel_size_is_known,
+    pixels_to_ras,
     python_problem,
     segment_array,
     stop_engine,
@@ -62,7 +65,8 @@ TERMINOLOGY_CONTEXT = terminology_context_name()
 
 # Lib submodules in dependency order, for reloading during development.
 LIB_MODULES = (
-    "progress", "process", "bundle", "labels", "volume_io", "dependencies", "engine", "inference", "training_set"
+    "progress", "process", "bundle", "labels", "volume_io", "lesions", "dependencies", "engine", "inference",
+    "training_set",
 )  # fmt: skip
 # How often "Follow the shown frame" looks at the frame shown.
 FOLLOW_INTERVAL_MS = 250
@@ -72,6 +76,9 @@ TEST_LOGIC_ENV = "BUSISEGMENTATION_TEST_LOGIC"
 # Volume attribute: "false" when the volume's spacing is not its pixel size (a sample picture, loaded with 1 mm pixels).
 # Kept in the scene, so it still holds when the volume is later saved in a format that stores a spacing.
 PIXEL_SIZE_KNOWN_ATTRIBUTE = "BUSISegmentation.PixelSizeKnown"
+# Node reference from a diameter line to the segmentation whose lesion it measures: the next run of that segmentation
+# replaces the lines. A reference, unlike a copied node ID, follows the segmentation when a scene is loaded.
+DIAMETER_SEGMENTATION_ROLE = "BUSISegmentation.lesionSegmentation"
 SAMPLE_CATEGORY = "BUSI Segmentation"
 # The command that fine-tunes the bundle's networks on a training set folder, run in the bundle folder.
 FINETUNE_COMMAND = (
@@ -224,6 +231,8 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.resultsTable.setColumnCount(len(LESION_TABLE_HEADERS))
+        self.ui.resultsTable.setHorizontalHeaderLabels(list(LESION_TABLE_HEADERS))
 
         self.logic = BUSISegmentationLogic()
 
@@ -266,6 +275,7 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self.ui.resultsTable.setRowCount(0)  # its lesions, and their diameter lines, leave with the scene
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -456,20 +466,14 @@ class BUSISegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.showLesions(task.lesions)
             if not task.pixelSizeKnown:
-                self.addLog(_("Areas are in pixels: the image file does not give the pixel size."))
+                self.addLog(_("Areas and diameters are in pixels: the image file does not give the pixel size."))
             self.addLog(_("Segmentation completed in {seconds:.1f} s.").format(seconds=task.elapsedSec))
 
     def showLesions(self, lesions: list) -> None:
         table = self.ui.resultsTable
         table.setRowCount(len(lesions))
         for row, lesion in enumerate(lesions):
-            cells = [
-                str(lesion["frame"]),
-                lesion["class_name"],
-                f"{lesion['confidence']:.2f}",
-                lesion_area_text(lesion),
-            ]
-            for column, text in enumerate(cells):
+            for column, text in enumerate(lesion_table_row(lesion)):
                 table.setItem(row, column, qt.QTableWidgetItem(text))
 
     def addLog(self, text: str) -> None:
@@ -807,7 +811,8 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
             task.completedCallback(task)
 
     def importResult(self, task: SegmentationTask, output: SegmentationOutput) -> None:
-        """Put the label maps into the output segmentation (or segmentation sequence), the lesions into the task.
+        """Put the label maps into the output segmentation (or segmentation sequence), the lesions into the task and
+        their diameters on the image.
 
         :raises SegmentationCancelled: the task was cancelled, or its input or output node is no longer in the scene.
         """
@@ -834,6 +839,36 @@ class BUSISegmentationLogic(ScriptedLoadableModuleLogic):
         studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(inputVolume))
         shNode.SetItemParent(shNode.GetItemByDataNode(outputSegmentation), studyItem)
         task.lesions = [dict(lesion, frame=task.frameIndices[lesion["frame"]]) for lesion in output.lesions]
+        self.placeDiameterLines(task)
+
+    def diameterLines(self, segmentationNode) -> list:
+        """The diameter line markups placed for the lesions of a segmentation node."""
+        segmentationId = segmentationNode.GetID()
+        return [
+            line for line in slicer.util.getNodesByClass("vtkMRMLMarkupsLineNode")
+            if line.GetNodeReferenceID(DIAMETER_SEGMENTATION_ROLE) == segmentationId
+        ]  # fmt: skip
+
+    def placeDiameterLines(self, task: SegmentationTask) -> None:
+        """Place the longest and perpendicular diameters of each lesion of a task as line markups on its image,
+        named after the lesion, in place of those of the segmentation's earlier run."""
+        for line in self.diameterLines(task.outputSegmentation):
+            slicer.mrmlScene.RemoveNode(line)
+        ijkToRasMatrix = vtk.vtkMatrix4x4()
+        task.inputVolume.GetIJKToRASMatrix(ijkToRasMatrix)
+        ijkToRas = slicer.util.arrayFromVTKMatrix(ijkToRasMatrix)
+        for lesion in task.lesions:
+            # The items of a sequence are single frames, each shown in the one slice of the proxy volume.
+            frame = 0 if task.sequenceBrowser else lesion["frame"]
+            for diameter in diameter_lines(lesion):
+                line = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", diameter.name)
+                line.CreateDefaultDisplayNodes()
+                line.SetAndObserveTransformNodeID(task.inputVolume.GetTransformNodeID())
+                for position in pixels_to_ras(diameter.ends, frame, ijkToRas):
+                    line.AddControlPoint(*position)
+                # Slicer gives lengths in mm: without a pixel size they would be made up (the table gives pixels).
+                line.GetMeasurement("length").SetEnabled(task.pixelSizeKnown)
+                line.SetNodeReferenceID(DIAMETER_SEGMENTATION_ROLE, task.outputSegmentation.GetID())
 
     def updateSegments(self, segmentationNode, labels: np.ndarray, referenceVolume) -> None:
         """Set the lesion segments of a segmentation node from a (frames, rows, columns) label map."""
@@ -1000,6 +1035,11 @@ class BUSISegmentationTest(ScriptedLoadableModuleTest):
         self.assertTrue(task.lesions)
         # areas of a picture are in pixels, never in made-up mm²
         self.assertTrue(all(lesion["area_mm2"] is None and lesion["area_px"] > 0 for lesion in task.lesions))
+        lines = logic.diameterLines(outputSegmentation)
+        self.assertEqual(len(lines), 2 * len(task.lesions), "a longest and a perpendicular diameter per lesion")
+        self.assertTrue(all(line.GetNumberOfControlPoints() == 2 for line in lines))
+        logic.placeDiameterLines(task)  # as the next run does: the lines are replaced, not added
+        self.assertEqual(len(logic.diameterLines(outputSegmentation)), len(lines))
         self.delayDisplay("Test passed")
 
     def test_SceneCloseCancelsTheSegmentation(self):

@@ -104,6 +104,7 @@ class VolumeNode(Node):
         self.array = np.asarray(array)
         self.spacing = tuple(float(v) for v in spacing)
         self.storage = StorageNode(file_name) if file_name else None
+        self.transform_node_id: str | None = None
 
     def GetSpacing(self) -> tuple[float, float, float]:
         return self.spacing
@@ -120,6 +121,9 @@ class VolumeNode(Node):
 
     def GetImageData(self) -> ImageData:
         return ImageData(self.array)
+
+    def GetTransformNodeID(self) -> str | None:
+        return self.transform_node_id
 
     def GetIJKToRASMatrix(self, matrix: Matrix4x4) -> None:
         # Slicer loads pictures and NRRD files in LPS as RAS with the first two axes flipped.
@@ -219,6 +223,68 @@ class SegmentationNode(Node):
 
     def SetReferenceImageGeometryParameterFromVolumeNode(self, volume: VolumeNode) -> None:
         self.references["geometry"] = volume.GetID()
+
+
+class Measurement:
+    """vtkMRMLMeasurement: only whether it is enabled (computed and shown)."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+
+    def SetEnabled(self, enabled: bool) -> None:
+        self.enabled = bool(enabled)
+
+    def GetEnabled(self) -> bool:
+        return self.enabled
+
+
+class MarkupsLineNode(Node):
+    """vtkMRMLMarkupsLineNode (Slicer 5.10): control points in the node's own coordinates, its display node, parent
+    transform, node references and its "length" measurement. As in Slicer, a reference to a node that has left the
+    scene is gone."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self.points: list[tuple[float, float, float]] = []
+        self.display: DisplayNode | None = None
+        self.transform_node_id: str | None = None
+        self.references: dict[str, str] = {}
+        self.measurements = {"length": Measurement()}
+
+    def AddControlPoint(self, *args) -> int:
+        # AddControlPoint(x, y, z[, label]) or AddControlPoint(point[3][, label])
+        position = args[:3] if len(args) >= 3 else args[0]
+        self.points.append(tuple(float(value) for value in position))
+        return len(self.points) - 1
+
+    def GetNumberOfControlPoints(self) -> int:
+        return len(self.points)
+
+    def GetNthControlPointPosition(self, index: int) -> tuple[float, float, float]:
+        return self.points[index]
+
+    def CreateDefaultDisplayNodes(self) -> None:
+        if self.display is None and self.scene is not None:
+            self.display = self.scene.AddNode(DisplayNode(self))
+
+    def GetDisplayNode(self) -> DisplayNode | None:
+        return self.display
+
+    def SetAndObserveTransformNodeID(self, node_id: str | None) -> None:
+        self.transform_node_id = node_id
+
+    def GetTransformNodeID(self) -> str | None:
+        return self.transform_node_id
+
+    def SetNodeReferenceID(self, role: str, node_id: str) -> None:
+        self.references[role] = node_id
+
+    def GetNodeReferenceID(self, role: str) -> str | None:
+        node_id = self.references.get(role)
+        return node_id if self.scene is not None and self.scene.GetNodeByID(node_id) is not None else None
+
+    def GetMeasurement(self, name: str) -> Measurement | None:
+        return self.measurements.get(name)
 
 
 class SequenceNode(Node):
@@ -360,6 +426,7 @@ NODE_CLASSES = {
     "vtkMRMLSegmentationNode": SegmentationNode,
     "vtkMRMLSequenceNode": SequenceNode,
     "vtkMRMLSequenceBrowserNode": SequenceBrowserNode,
+    "vtkMRMLMarkupsLineNode": MarkupsLineNode,
 }
 
 
@@ -526,6 +593,7 @@ class Widget:
         self.currentPath, self.value, self.minimum, self.maximum = "", 0, 0, 100
         self.lines: list[str] = []
         self.rows: dict[tuple[int, int], str] = {}
+        self.headers: list[str] = []
         self.slots: dict[str, list[Callable]] = {}
 
     def connect(self, signal: str, slot: Callable) -> None:
@@ -566,6 +634,13 @@ class Widget:
 
     def setRange(self, minimum: int, maximum: int) -> None:
         self.minimum, self.maximum = minimum, maximum
+
+    def setColumnCount(self, count: int) -> None:
+        self.headers = self.headers[:count] + [""] * (count - len(self.headers))
+        self.rows = {key: text for key, text in self.rows.items() if key[1] < count}
+
+    def setHorizontalHeaderLabels(self, labels: list[str]) -> None:
+        self.headers[: len(labels)] = labels
 
     def setRowCount(self, count: int) -> None:
         self.rows = {key: text for key, text in self.rows.items() if key[0] < count}
@@ -751,6 +826,7 @@ def install(monkeypatch: pytest.MonkeyPatch, python_executable: str | Path = sys
     util.VTKObservationMixin = VTKObservationMixin
     util.arrayFromVolume = lambda node: node.array
     util.arrayFromVTKMatrix = lambda matrix: matrix.values.copy()
+    util.getNodesByClass = lambda name: [n for n in slicer.mrmlScene.nodes if isinstance(n, NODE_CLASSES[name])]
     util.startupEnvironment = lambda: dict(os.environ)
     util.loadVolume = lambda path, properties=None: load_picture(slicer.mrmlScene, path, properties)
     util.loadUI = load_ui

@@ -36,6 +36,7 @@ from packaging.version import Version
 
 from BUSISegmentationLib import (
     BUNDLE_DIR_ENV,
+    LESION_TABLE_HEADERS,
     REQUIREMENTS,
     TORCH_VERSION,
     BackgroundProcess,
@@ -46,12 +47,15 @@ from BUSISegmentationLib import (
     SegmentationError,
     UnmetRequirement,
     build_command,
+    diameter_lines,
     inference_overrides,
     lesion_area_text,
+    lesion_table_row,
     locate_bundle,
     parse_progress_line,
     pip_install_arguments,
     pixel_size_is_known,
+    pixels_to_ras,
     python_problem,
     read_result,
     result_paths,
@@ -669,6 +673,63 @@ def test_lesion_area_text_names_its_unit() -> None:
     assert lesion_area_text({"area_px": 120, "area_mm2": 3.04}) == "3.0 mm²"
     assert lesion_area_text({"area_px": 120, "area_mm2": None}) == "120 px"
     assert lesion_area_text({}) == "unknown"
+
+
+def _ellipse_lesion(spacing: tuple[float, float] | None) -> dict:
+    """A lesion row as the bundle's lesion table has it: an ellipse 41 pixels wide and 17 deep, flagged for review,
+    with the descriptors of the bundle's own ``describe_lesion``."""
+    descriptors = pytest.importorskip("scripts.descriptors")
+    rows, columns = np.mgrid[:40, :60]
+    mask = ((rows - 20) / 8) ** 2 + ((columns - 30) / 20) ** 2 <= 1
+    area_mm2 = None if spacing is None else float(mask.sum() * spacing[0] * spacing[1])
+    return {"frame": 2, "lesion_id": 1, "class_name": "benign", "confidence": 0.91, "area_px": int(mask.sum()),
+            "area_mm2": area_mm2, "uncertainty": 0.1234, "review": True,
+            **descriptors.describe_lesion(mask, spacing=spacing).to_row()}  # fmt: skip
+
+
+def test_lesion_table_row_gives_the_descriptors_in_mm_or_pixels() -> None:
+    row = dict(zip(LESION_TABLE_HEADERS, lesion_table_row(_ellipse_lesion((0.1, 0.2)))))
+    assert row == {
+        "Frame": "2", "Class": "benign", "Confidence": "0.91", "Area": "9.9 mm²",
+        "Longest diameter": "8.2 mm", "Perpendicular diameter": "1.7 mm",  # 41 columns of 0.2 mm, 17 rows of 0.1 mm
+        "Depth/width": "0.21", "Orientation": "0°", "Suggested orientation": "parallel", "Suggested shape": "oval",
+        "Suggested margin": "circumscribed", "Uncertainty": "0.123", "Review": "yes",
+    }  # fmt: skip
+    row = dict(zip(LESION_TABLE_HEADERS, lesion_table_row(_ellipse_lesion(None))))
+    assert (row["Area"], row["Longest diameter"], row["Perpendicular diameter"]) == ("497 px", "41.0 px", "17.0 px")
+    assert row["Depth/width"] == "0.41"  # in pixels: 17 / 41
+
+
+def test_lesion_table_row_leaves_what_the_table_lacks_empty() -> None:
+    descriptors = pytest.importorskip("scripts.descriptors")
+    lesion = {"frame": 0, "lesion_id": 1, "class_name": "malignant", "confidence": 0.5, "area_px": 9, "area_mm2": None,
+              "uncertainty": None, "review": False, **dict.fromkeys(descriptors.DESCRIPTOR_COLUMNS)}  # fmt: skip
+    assert lesion_table_row(lesion) == ["0", "malignant", "0.50", "9 px"] + [""] * 8 + ["no"]
+    assert diameter_lines(lesion) == []
+
+
+def test_diameter_lines_are_named_after_the_lesion_with_the_table_end_points() -> None:
+    lesion = _ellipse_lesion((0.1, 0.2))
+    longest, perpendicular = diameter_lines(lesion)
+    assert longest.name == "Lesion 1 (frame 2) longest diameter"
+    assert perpendicular.name == "Lesion 1 (frame 2) perpendicular diameter"
+    np.testing.assert_allclose(longest.ends, [(20, 9.5), (20, 50.5)])  # (row, column): across the widest row
+    np.testing.assert_allclose(perpendicular.ends, [(11.5, 30), (28.5, 30)])
+
+
+def test_pixels_to_ras_places_row_column_points_with_the_volume_geometry() -> None:
+    spacing = np.array([0.2, 0.1, 3.0])  # columns, rows, frames, as Slicer's GetSpacing
+    origin = np.array([10.0, -20.0, 5.0])
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3], ijk_to_ras[:3, 3] = ROTATION @ np.diag(spacing), origin
+    (ras,) = pixels_to_ras([(4, 7)], 2, ijk_to_ras)  # row 4, column 7 of frame 2: IJK (7, 4, 2)
+    np.testing.assert_allclose(ras, origin + ROTATION @ (spacing * [7, 4, 2]))
+    # The diameter placed on the image is as long in mm as the table says, with pixels of other height than width.
+    lesion = _ellipse_lesion((spacing[1], spacing[0]))
+    for line, length_mm in zip(diameter_lines(lesion), ("longest_diameter_mm", "perpendicular_diameter_mm")):
+        start, end = pixels_to_ras(line.ends, lesion["frame"], ijk_to_ras)
+        assert np.linalg.norm(end - start) == pytest.approx(lesion[length_mm])
+        assert start[2] == end[2] == pytest.approx(origin[2] + 2 * 3.0)  # in the plane of frame 2
 
 
 # --- the module's Logic on stand-in Slicer modules ------------------------------------------------------------

@@ -28,7 +28,14 @@ import pytest
 from PIL import Image
 from pydicom.sr.codedict import codes
 
-from BUSISegmentationLib import BUNDLE_DIR_ENV, SegmentationOutput, UnmetRequirement, load_label_descriptions
+from BUSISegmentationLib import (
+    BUNDLE_DIR_ENV,
+    LESION_TABLE_HEADERS,
+    SegmentationOutput,
+    UnmetRequirement,
+    load_label_descriptions,
+    pixels_to_ras,
+)
 from BUSISegmentationLib.labels import load_vocabulary
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -125,8 +132,7 @@ def test_ui_has_every_widget_the_module_uses() -> None:
     assert widgets["logTextEdit"].get("class") == "QPlainTextEdit"
     assert _widget_property(widgets["logTextEdit"], "readOnly").find("bool").text == "true"
     assert widgets["progressBar"].get("class") == "QProgressBar"
-    headers = [c.find("property/string").text for c in widgets["resultsTable"].findall("column")]
-    assert headers == ["Frame", "Class", "Confidence", "Area"]  # the unit is in each cell: mm² or px
+    assert not widgets["resultsTable"].findall("column")  # the Widget sets them, from the Lib's lesion table
 
 
 def test_ui_parameters_match_the_parameter_node() -> None:
@@ -521,3 +527,132 @@ def test_study_uid_is_the_group_of_a_dicom_image_without_patient_id(module) -> N
     volume.attributes["DICOM.instanceUIDs"] = "1.2.3"
     module.slicer.dicomDatabase.values[("/dicom/1.2.3.dcm", "0020,000D")] = "1.2.840.5"
     assert logic.dicomPatientOrStudyId(volume) == "1.2.840.5"
+
+
+def _lesion_table(lesions: list[tuple[int, np.ndarray]], spacing: tuple[float, float] | None) -> list[dict]:
+    """The bundle's lesion table of ``(frame, mask)`` lesions (frame: index among the segmented frames), with the
+    descriptors of the bundle's own ``describe_lesion``."""
+    descriptors = pytest.importorskip("scripts.descriptors")
+    table = []
+    for frame, mask in lesions:
+        lesion_id = 1 + sum(earlier["frame"] == frame for earlier in table)
+        area_mm2 = None if spacing is None else float(mask.sum() * spacing[0] * spacing[1])
+        table.append({"frame": frame, "lesion_id": lesion_id, "class_name": "benign", "label": 1, "confidence": 0.9,
+                      "area_px": int(mask.sum()), "area_mm2": area_mm2, "uncertainty": 0.02, "review": False,
+                      **descriptors.describe_lesion(mask, spacing=spacing).to_row()})  # fmt: skip
+    return table
+
+
+def _rectangle(top: int, left: int, bottom: int, right: int, shape=(30, 40)) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def _line_ends(line) -> np.ndarray:
+    return np.array([line.GetNthControlPointPosition(index) for index in range(line.GetNumberOfControlPoints())])
+
+
+def test_results_table_and_diameter_lines_replace_those_of_the_last_run(module) -> None:
+    scene = module.slicer.mrmlScene
+    volume = fake_slicer.VolumeNode("scan", np.zeros((2, 30, 40), np.uint8), (0.2, 0.1, 1.0), "/data/scan.nrrd")
+    widget = _widget(module, volume)
+    table = widget.ui.resultsTable
+    assert table.headers == list(LESION_TABLE_HEADERS)
+    logic = widget.logic
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "scan lesions")
+    other = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "other lesions")
+    own_line = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", "my measurement")
+    ijk_to_ras = np.diag([-0.2, -0.1, 1.0, 1.0])  # the stand-in volume's geometry
+
+    def run(output, lesions):
+        labels = np.zeros((2, 30, 40), np.uint8)
+        for frame, mask in lesions:
+            labels[frame][mask] = 1
+        task = module.SegmentationTask(volume, output, [0, 1])
+        logic.importResult(task, SegmentationOutput(labels, _lesion_table(lesions, (0.1, 0.2))))
+        task.finished = True
+        widget.onCompleted(task)
+        return task
+
+    run(other, [(0, _rectangle(2, 2, 6, 8))])
+    lesions = [(0, _rectangle(5, 10, 9, 30)), (1, _rectangle(12, 5, 22, 9)), (1, _rectangle(25, 30, 28, 33))]
+    task = run(segmentation, lesions)
+
+    rows = [dict(zip(table.headers, (table.rows[(row, column)] for column in range(len(table.headers)))))
+            for row in range(len(lesions))]  # fmt: skip
+    assert [row["Frame"] for row in rows] == ["0", "1", "1"]
+    # 20 columns of 0.2 mm by 4 rows of 0.1 mm (the diagonal is 4.02 mm)
+    assert (rows[0]["Longest diameter"], rows[0]["Perpendicular diameter"]) == ("4.0 mm", "0.4 mm")
+    assert [(row["Suggested orientation"], row["Uncertainty"], row["Review"]) for row in rows[:2]] == [
+        ("parallel", "0.020", "no"), ("not parallel", "0.020", "no")
+    ]  # fmt: skip
+    lines = logic.diameterLines(segmentation)
+    assert [line.GetName() for line in lines] == [
+        f"Lesion {number} (frame {frame}) {diameter} diameter"
+        for number, frame in ((1, 0), (1, 1), (2, 1)) for diameter in ("longest", "perpendicular")
+    ]  # fmt: skip
+    for line, lesion in zip(lines[::2], task.lesions):
+        ends = [(lesion["longest_diameter_row0"], lesion["longest_diameter_col0"]),
+                (lesion["longest_diameter_row1"], lesion["longest_diameter_col1"])]  # fmt: skip
+        np.testing.assert_allclose(_line_ends(line), pixels_to_ras(ends, lesion["frame"], ijk_to_ras))
+        assert np.linalg.norm(np.subtract(*_line_ends(line))) == pytest.approx(lesion["longest_diameter_mm"])
+    assert all(line.GetDisplayNode() is not None and line.GetMeasurement("length").GetEnabled() for line in lines)
+    assert _line_ends(lines[2])[:, 2].tolist() == [1.0, 1.0]  # on the slice of frame 1
+
+    # The next run of the same segmentation replaces its lines; the other segmentation's and the user's stay.
+    run(segmentation, lesions[:1])
+    assert [line.GetName() for line in logic.diameterLines(segmentation)] == [
+        "Lesion 1 (frame 0) longest diameter", "Lesion 1 (frame 0) perpendicular diameter"
+    ]  # fmt: skip
+    assert not any(scene.IsNodePresent(line) for line in lines)
+    assert len(logic.diameterLines(other)) == 2 and scene.IsNodePresent(own_line)
+    assert table.rows.keys() == {(0, column) for column in range(len(LESION_TABLE_HEADERS))}
+
+    # Closing the scene takes the lines and the table's rows; the next run starts afresh.
+    scene.Clear()
+    assert table.rows == {} and logic.diameterLines(segmentation) == []
+    scene.AddNode(volume)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "scan lesions")
+    run(segmentation, lesions[:1])
+    assert len(logic.diameterLines(segmentation)) == 2 and len(table.rows) == len(LESION_TABLE_HEADERS)
+
+
+def test_diameter_lines_of_a_picture_show_no_length_in_mm_and_follow_its_transform(module) -> None:
+    scene = module.slicer.mrmlScene
+    volume = scene.AddNode(fake_slicer.VolumeNode("benign (1)", np.zeros((1, 30, 40), np.uint8)))
+    volume.transform_node_id = "vtkMRMLLinearTransformNode1"  # a tracked probe, for example
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesions")
+    mask = _rectangle(5, 10, 9, 30)
+    logic = module.BUSISegmentationLogic()
+    task = module.SegmentationTask(volume, segmentation, [0], pixelSizeKnown=False)
+    logic.importResult(task, SegmentationOutput(mask[np.newaxis].astype(np.uint8), _lesion_table([(0, mask)], None)))
+    lines = logic.diameterLines(segmentation)
+    assert len(lines) == 2
+    # Slicer would give the 1 mm pixels it makes up for a picture as mm; the table gives pixels.
+    assert not any(line.GetMeasurement("length").GetEnabled() for line in lines)
+    assert all(line.GetTransformNodeID() == "vtkMRMLLinearTransformNode1" for line in lines)  # they stay on the image
+
+
+def test_diameter_lines_of_a_cine_item_lie_on_the_proxy_slice(module) -> None:
+    scene = module.slicer.mrmlScene
+    frames = np.zeros((3, 1, 30, 40), np.uint8)
+    inputSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    for index, frame in enumerate(frames):
+        inputSequence.SetDataNodeAtValue(fake_slicer.VolumeNode(f"frame {index}", frame), str(index))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
+    proxy = scene.AddNode(fake_slicer.VolumeNode("cine", frames[0]))
+    browser.AddSynchronizedSequenceNode(inputSequence)
+    browser.AddProxyNode(proxy, inputSequence)
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "cine lesions")
+    mask = _rectangle(5, 10, 9, 30)
+    labels = np.zeros((3, 30, 40), np.uint8)
+    labels[2][mask] = 1
+    logic = module.BUSISegmentationLogic()
+    task = module.SegmentationTask(proxy, output, [0, 1, 2], browser)
+    logic.importResult(task, SegmentationOutput(labels, _lesion_table([(2, mask)], None)))
+    lines = logic.diameterLines(output)
+    assert [line.GetName() for line in lines] == [
+        "Lesion 1 (frame 2) longest diameter", "Lesion 1 (frame 2) perpendicular diameter"
+    ]  # fmt: skip
+    assert all(_line_ends(line)[:, 2].tolist() == [0.0, 0.0] for line in lines)  # the proxy has one slice

@@ -41,7 +41,7 @@ def _length_text(lesion: dict, name: str) -> str:
 
 def lesion_table_row(lesion: dict) -> list[str]:
     """The cells of one lesion in the results table, in the order of :data:`LESION_TABLE_HEADERS`."""
-    review = lesion.get("review")
+    review, orientation = lesion.get("review"), lesion.get("orientation_deg")
     return [
         str(lesion["frame"]),
         lesion["class_name"],
@@ -50,7 +50,7 @@ def lesion_table_row(lesion: dict) -> list[str]:
         _length_text(lesion, "longest_diameter"),
         _length_text(lesion, "perpendicular_diameter"),
         _number_text(lesion.get("depth_to_width"), "{:.2f}"),
-        _number_text(lesion.get("orientation_deg"), "{:.0f}°"),
+        "" if orientation is None else f"{round(orientation)}°",  # an int: a small negative angle is not "-0°"
         lesion.get("suggested_orientation") or "",
         lesion.get("suggested_shape") or "",
         lesion.get("suggested_margin") or "",
