@@ -414,17 +414,23 @@ def test_sample_data_gives_one_picture_whose_pixel_size_is_unknown(module, tmp_p
     assert loaded.GetStorageNode() is None and logic.pixelSizeKnown(loaded)
 
 
+def _cine_scene(scene, frames: np.ndarray) -> tuple:
+    """A cine as Slicer loads one: a sequence of frames, its browser and proxy volume, and an output segmentation
+    as the Widget makes it."""
+    inputSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
+    for index, frame in enumerate(frames):
+        inputSequence.SetDataNodeAtValue(fake_slicer.VolumeNode(f"frame {index}", frame), str(index))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
+    proxy = scene.AddNode(fake_slicer.VolumeNode("cine", frames[0]))
+    browser.AddSynchronizedSequenceNode(inputSequence)
+    browser.AddProxyNode(proxy, inputSequence)
+    return inputSequence, browser, proxy, scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "cine lesions")
+
+
 def test_a_cine_result_is_shown_and_leaves_no_node_behind(module) -> None:
     scene, fake = module.slicer.mrmlScene, fake_slicer
     frames = np.random.default_rng(0).integers(0, 256, size=(3, 1, 5, 6), dtype=np.uint8)
-    inputSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
-    for index, frame in enumerate(frames):
-        inputSequence.SetDataNodeAtValue(fake.VolumeNode(f"frame {index}", frame), str(index))
-    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
-    proxy = scene.AddNode(fake.VolumeNode("cine", frames[0]))
-    browser.AddSynchronizedSequenceNode(inputSequence)
-    browser.AddProxyNode(proxy, inputSequence)
-    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "cine lesions")  # as the Widget makes it
+    inputSequence, browser, proxy, output = _cine_scene(scene, frames)
     logic = module.BUSISegmentationLogic()
     _, frameIndices, found = logic.framesFromVolume(proxy, allFrames=True)
     assert found is browser and frameIndices == [0, 1, 2]
@@ -637,14 +643,7 @@ def test_diameter_lines_of_a_picture_show_no_length_in_mm_and_follow_its_transfo
 def test_diameter_lines_of_a_cine_item_lie_on_the_proxy_slice(module) -> None:
     scene = module.slicer.mrmlScene
     frames = np.zeros((3, 1, 30, 40), np.uint8)
-    inputSequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "cine")
-    for index, frame in enumerate(frames):
-        inputSequence.SetDataNodeAtValue(fake_slicer.VolumeNode(f"frame {index}", frame), str(index))
-    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "cine browser")
-    proxy = scene.AddNode(fake_slicer.VolumeNode("cine", frames[0]))
-    browser.AddSynchronizedSequenceNode(inputSequence)
-    browser.AddProxyNode(proxy, inputSequence)
-    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "cine lesions")
+    inputSequence, browser, proxy, output = _cine_scene(scene, frames)
     mask = _rectangle(5, 10, 9, 30)
     labels = np.zeros((3, 30, 40), np.uint8)
     labels[2][mask] = 1
