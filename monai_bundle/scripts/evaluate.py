@@ -304,6 +304,9 @@ class Evaluation:
         events = EventAccumulator(str(log_dir))
         events.Reload()
         tags = [t for t in ("train_loss", "val_mean_dice", "train_mean_dice") if t in events.Tags()["scalars"]]
+        if not tags:
+            logger.warning(f"no training curves in {log_dir}; training curves not drawn")
+            return
         figure = Figure(figsize=(4 * len(tags), 3.2))
         axes = figure.subplots(1, len(tags), squeeze=False)
         for axis, tag in zip(axes[0], tags):
