@@ -17,13 +17,15 @@ when interrupted) and every later run reads them.
 
 Measured on the lesions matched to a true lesion, **each patient fold scored by a fit on the other four folds**:
 
-1. Calibration: expected calibration error (10 equal-width bins of the predicted malignancy probability) and the
-   benign-vs-malignant accuracy at one half, before and after temperature scaling and Platt scaling
-   (:mod:`scripts.calibration`); a reliability diagram (``--figure``).
+1. Calibration: expected calibration error (10 equal-width bins of the predicted malignancy probability), log loss
+   and the benign-vs-malignant accuracy at one half, before and after temperature scaling and Platt scaling
+   (:mod:`scripts.calibration`), with 95 % bootstrap intervals over patients; a reliability diagram (``--figure``).
 2. The descriptors on the model's masks: benign-vs-malignant AUC of each, with a 95 % bootstrap interval (lesions
-   resampled within each class); and a logistic model on the descriptors and the network's malignancy logit, fitted
-   out of fold, whose accuracy at one half is compared with the network's class decision on the same lesions
-   (paired difference, 95 % bootstrap interval over patients, the unit the folds keep apart).
+   resampled within each class), next to those of the ground-truth masks of the same images (their largest lesion,
+   as ``benchmarks/descriptor_separation.py`` measures them); and a logistic model on the descriptors and the
+   network's malignancy logit, fitted out of fold, whose accuracy at one half is compared with the network's class
+   decision on the same lesions (paired difference, 95 % bootstrap interval over patients, the unit the folds keep
+   apart).
 
 Usage (from the repository root)::
 
@@ -122,5 +124,227 @@ def segment_all(data: Path, cache: Path) -> list[dict]:
     return [done[item["name"]] for item in items]
 
 
+def matched_lesions(records: list[dict]) -> list[dict]:
+    """Lesions that cover a ground-truth lesion, of images not marked as a near duplicate, with their image's
+    name, fold and patient."""
+    return [{**lesion, "name": r["name"], "fold": r["fold"], "group": r["group"]}
+            for r in records if not r["near_duplicate"] for lesion in r["lesions"] if lesion["truth"] > 0]  # fmt: skip
+
+
+def out_of_fold(folds: np.ndarray, fit, apply) -> np.ndarray:
+    """For each fold, ``apply(model, its lesions)`` with ``model = fit(the other folds' lesions)``; index arrays."""
+    result = np.zeros(len(folds))
+    for fold in np.unique(folds):
+        held_out = np.flatnonzero(folds == fold)
+        result[held_out] = apply(fit(np.flatnonzero(folds != fold)), held_out)
+    return result
+
+
+def patient_interval(statistic, groups: np.ndarray, samples: int, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of ``statistic(lesion indices)``, patients resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    values = [statistic(np.concatenate([members[i] for i in rng.integers(len(members), size=len(members))]))
+              for _ in range(samples)]  # fmt: skip
+    low, high = np.percentile(values, (2.5, 97.5))
+    return float(low), float(high)
+
+
+def descriptor_matrix(lesions: list[dict]) -> np.ndarray:
+    """(lesions, descriptors) of :data:`MODEL_DESCRIPTORS`, orientation as its size; NaN where undefined."""
+    columns = []
+    for name in MODEL_DESCRIPTORS:
+        values = np.array([np.nan if lesion["descriptors"][name] is None else lesion["descriptors"][name]
+                           for lesion in lesions], dtype=np.float64)  # fmt: skip
+        columns.append(np.abs(values) if name == "orientation_deg" else values)
+    return np.stack(columns, axis=1)
+
+
+def descriptor_model(features: np.ndarray, malignant: np.ndarray, l2: float = 0.01):
+    """(fit, apply) of a logistic model on standardised features, NaN replaced by the training mean."""
+    from scripts.calibration import fit_logistic
+
+    def fit(train: np.ndarray):
+        mean, spread = np.nanmean(features[train], axis=0), np.nanstd(features[train], axis=0) + 1e-9
+        standard = np.nan_to_num((features[train] - mean) / spread)
+        return mean, spread, fit_logistic(standard, malignant[train], l2=l2)
+
+    def apply(model, test: np.ndarray) -> np.ndarray:
+        mean, spread, weights = model
+        z = np.nan_to_num((features[test] - mean) / spread) @ weights[:-1] + weights[-1]
+        return 1 / (1 + np.exp(-z))
+
+    return fit, apply
+
+
+def plot_reliability(curves: dict[str, np.ndarray], malignant: np.ndarray, path: Path) -> None:
+    """Reliability diagram of each named set of probabilities, 10 bins, marker area by the lesions in the bin."""
+    from matplotlib.figure import Figure
+
+    from scripts.calibration import expected_calibration_error, reliability
+
+    figure = Figure(figsize=(4.2, 4.0))
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    for (name, probabilities), marker in zip(curves.items(), "osD"):
+        bins = reliability(probabilities, malignant)
+        ece = expected_calibration_error(probabilities, malignant)
+        axes.plot([b["mean_probability"] for b in bins], [b["malignant_fraction"] for b in bins], linewidth=1)
+        axes.scatter([b["mean_probability"] for b in bins], [b["malignant_fraction"] for b in bins], marker=marker,
+                     s=[8 + 2 * b["count"] for b in bins], label=f"{name} (ECE {ece:.3f})", alpha=0.7)  # fmt: skip
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("predicted malignancy probability (bin mean)")
+    axes.set_ylabel("fraction malignant")
+    axes.set_title(f"BUS-UCLM, {len(malignant)} lesions, out of fold", fontsize=9)
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    options = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    options.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "BUS-UCLM")
+    options.add_argument("--cache", type=Path, default=Path("/tmp/bus_uclm_lesions.jsonl"))
+    options.add_argument("--figure", type=Path, default=None, help="reliability diagram PNG")
+    options.add_argument("--samples", type=int, default=1000, help="bootstrap samples")
+    options.add_argument("--json", type=Path, default=Path("/tmp/bus_uclm_calibration.json"))
+    args = options.parse_args(argv)
+    records = segment_all(args.data, args.cache)
+    from descriptor_separation import auc, describe_case
+
+    from scripts.calibration import expected_calibration_error, fit_calibration, logit
+    from scripts.metrics import bootstrap_ci
+
+    lesions = matched_lesions(records)
+    p = np.array([lesion["probability"] for lesion in lesions])
+    malignant = np.array([lesion["truth"] == 2 for lesion in lesions])
+    decision = np.array([lesion["label"] == 2 for lesion in lesions])
+    assert np.array_equal(decision, p > 0.5), "the recorded probability is not the one the class is decided on"
+    folds, groups = np.array([lesion["fold"] for lesion in lesions]), np.array([lesion["group"] for lesion in lesions])
+    lesion_images = [r for r in records if r["class"] > 0 and not r["near_duplicate"]]
+    report = {
+        "lesion_images": len(lesion_images),
+        "images_without_matched_lesion": len(lesion_images) - len({lesion["name"] for lesion in lesions}),
+        "lesions": len(lesions), "malignant": int(malignant.sum()), "patients": len(set(groups)),
+    }  # fmt: skip
+    print(f"{report['lesion_images']} lesion images (near duplicates left out), {report['patients']} patients; "
+          f"{report['lesions']} found lesions cover a true lesion ({report['malignant']} malignant); "
+          f"{report['images_without_matched_lesion']} images have none")
+
+    # 1. calibration, each fold calibrated by a fit on the other four
+    curves = {"shipped": p}
+    report["calibration"] = {}
+    for name, offset in (("temperature", False), ("Platt", True)):
+        fit = lambda train, offset=offset: fit_calibration(p[train], malignant[train], offset=offset)  # noqa: E731
+        curves[name] = out_of_fold(folds, fit, lambda calibration, test: calibration(p[test]))
+        on_all = fit(np.arange(len(p)))
+        report["calibration"][name] = {
+            "fold_fits": [vars(fit(np.flatnonzero(folds != k))) for k in range(5)], "fit_on_all": vars(on_all)
+        }
+    print("\n| probability | ECE, 10 bins [95 % interval] | ECE change [95 % interval] | log loss change "
+          "[95 % interval] | benign-vs-malignant accuracy at 0.5 [95 % interval] | accuracy change [95 % interval] |"
+          "\n|---|---|---|---|---|---|")
+    accuracy = lambda q, idx: float(np.mean((q[idx] > 0.5) == malignant[idx]))  # noqa: E731
+    ece = lambda q, idx: expected_calibration_error(q[idx], malignant[idx])  # noqa: E731
+    sign = np.where(malignant, 1.0, -1.0)
+    log_loss = lambda q, idx: float(np.mean(np.logaddexp(0, -sign[idx] * logit(q[idx]))))  # noqa: E731
+    report["figures"] = {}
+    for name, q in curves.items():
+        report["figures"][name] = entry = {
+            "ece": ece(q, slice(None)), "ece_ci95": patient_interval(lambda i: ece(q, i), groups, args.samples),
+            "accuracy": accuracy(q, slice(None)),
+            "accuracy_ci95": patient_interval(lambda i: accuracy(q, i), groups, args.samples),
+            "ece_change_ci95": patient_interval(lambda i: ece(q, i) - ece(p, i), groups, args.samples),
+            "accuracy_change_ci95": patient_interval(lambda i: accuracy(q, i) - accuracy(p, i), groups, args.samples),
+            "log_loss": log_loss(q, slice(None)),
+            "log_loss_change_ci95": patient_interval(lambda i: log_loss(q, i) - log_loss(p, i), groups, args.samples),
+        }  # fmt: skip
+        changes = ["", "", ""]
+        if q is not p:
+            shipped = report["figures"]["shipped"]
+            changes = [f"{entry[key] - shipped[key]:+.3f} [{entry[key + '_change_ci95'][0]:+.3f}, "
+                       f"{entry[key + '_change_ci95'][1]:+.3f}]"
+                       for key in ("ece", "accuracy", "log_loss")]
+        print(f"| {name} | {entry['ece']:.3f} [{entry['ece_ci95'][0]:.3f}, {entry['ece_ci95'][1]:.3f}] | "
+              f"{changes[0]} | {changes[2]} | {entry['accuracy']:.3f} [{entry['accuracy_ci95'][0]:.3f}, "
+              f"{entry['accuracy_ci95'][1]:.3f}] | {changes[1]} |")
+    for name in ("temperature", "Platt"):
+        fits = report["calibration"][name]
+        print(f"{name}: fitted on the other folds, temperature "
+              + ", ".join(f"{f['temperature']:.2f}" for f in fits["fold_fits"])
+              + (", offset " + ", ".join(f"{f['offset']:+.2f}" for f in fits["fold_fits"]) if name == "Platt" else "")
+              + f" (folds 0-4); on all lesions {fits['fit_on_all']['temperature']:.2f}"
+              + (f", offset {fits['fit_on_all']['offset']:+.2f}" if name == "Platt" else ""))
+    if args.figure:
+        plot_reliability(curves, malignant, args.figure)
+        print(f"-> {args.figure}")
+
+    # 2. descriptors of the model's masks, next to those of the ground-truth masks of the same images
+    by_name = {r["name"]: r for r in lesion_images}
+    model_rows = [{**lesion["descriptors"], "label": lesion["truth"]} for lesion in lesions]
+    truth_rows = []
+    for name in sorted({lesion["name"] for lesion in lesions}):
+        stem = Path(name).stem
+        row = describe_case(args.data / "images" / f"{stem}.png", [args.data / "masks" / f"{stem}.png"])
+        if row is not None:
+            truth_rows.append({**row, "label": by_name[name]["class"]})
+    report["separation_model_masks"] = separation(model_rows, args.samples)
+    report["separation_truth_masks"] = separation(truth_rows, args.samples)
+    rng = np.random.default_rng(0)
+    classes = [np.flatnonzero(malignant), np.flatnonzero(~malignant)]
+    resampled = []
+    for _ in range(args.samples):
+        pick = np.concatenate([rng.choice(members, size=len(members)) for members in classes])
+        resampled.append(auc(p[pick], malignant[pick]))
+    report["probability_auc"] = {"auc": auc(p, malignant), "ci95": list(np.percentile(resampled, (2.5, 97.5)))}
+    print("\n| descriptor | model's masks, AUC (95 % interval) | ground-truth masks of the same images |"
+          "\n|---|---|---|")
+    for name in DESCRIPTORS:
+        cells = []
+        for table in (report["separation_model_masks"], report["separation_truth_masks"]):
+            r = table[name]
+            cell = f"{r['auc']:.2f} ({r['low']:.2f}-{r['high']:.2f})"
+            if name == "posterior_ratio":  # defined on fewer lesions
+                cell += f", on {r['benign']} benign and {r['malignant']} malignant"
+            cells.append(cell)
+        print(f"| `{name}` | " + " | ".join(cells) + " |")
+    low, high = report["probability_auc"]["ci95"]
+    print(f"| network's malignancy probability | {report['probability_auc']['auc']:.2f} ({low:.2f}-{high:.2f}) | |")
+    print(f"lesions: model's masks {len(model_rows)} ({int(malignant.sum())} malignant); ground-truth masks of the "
+          f"same images {len(truth_rows)} ({sum(r['label'] == 2 for r in truth_rows)} malignant)")
+
+    # 3. a logistic model on the descriptors and the network's logit, out of fold, against the network's decision
+    features = np.hstack([descriptor_matrix(lesions), logit(p)[:, np.newaxis]])
+    score = out_of_fold(folds, *descriptor_model(features, malignant))
+    descriptors_only = out_of_fold(folds, *descriptor_model(features[:, :-1], malignant))
+    print("\n| benign-vs-malignant call | accuracy [95 % interval] | against the network's decision [95 % interval] |"
+          "\n|---|---|---|")
+    report["decision"] = {}
+    for name, q in (("network's decision (shipped)", p), ("Platt scaling of the network's probability",
+                    curves["Platt"]), ("logistic model: descriptors + network logit", score),
+                    ("logistic model: descriptors alone", descriptors_only)):  # fmt: skip
+        entry = {
+            "accuracy": accuracy(q, slice(None)),
+            "accuracy_ci95": patient_interval(lambda i: accuracy(q, i), groups, args.samples),
+            "difference": accuracy(q, slice(None)) - accuracy(p, slice(None)),
+            "difference_ci95_patients": patient_interval(lambda i: accuracy(q, i) - accuracy(p, i), groups,
+                                                         args.samples),
+            "difference_ci95_lesions": bootstrap_ci(((q > 0.5) == malignant) * 1.0 - (decision == malignant),
+                                                    args.samples),
+            "auc": auc(q, malignant),
+        }  # fmt: skip
+        report["decision"][name] = entry
+        difference = "" if q is p else (
+            f"{entry['difference']:+.3f} [{entry['difference_ci95_patients'][0]:+.3f}, "
+            f"{entry['difference_ci95_patients'][1]:+.3f}] (over lesions [{entry['difference_ci95_lesions'][0]:+.3f}, "
+            f"{entry['difference_ci95_lesions'][1]:+.3f}])")
+        print(f"| {name} | {entry['accuracy']:.3f} [{entry['accuracy_ci95'][0]:.3f}, {entry['accuracy_ci95'][1]:.3f}]"
+              f" | {difference} |")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
 if __name__ == "__main__":
-    segment_all(REPO_ROOT.parent / "shared" / "data" / "BUS-UCLM", Path("/tmp/bus_uclm_lesions.jsonl"))
+    main()

@@ -7,7 +7,8 @@ The work is split in two so that the expensive part runs on the network's small 
    its pixels, so a lesion is never half benign and half malignant. Lesions smaller than ``min_area_fraction`` of the
    image, or whose mean lesion probability is below ``min_confidence``, are dropped; so is every lesion when the
    image head says the image is normal with probability above ``max_normal_probability``. The result is a map of
-   lesion numbers (0 none, k lesion k) and the class and :class:`LesionConfidence` of each lesion.
+   lesion numbers (0 none, k lesion k) and the class and :class:`LesionConfidence` of each lesion, with the
+   malignancy probability its class was decided on (temperature-scaled when ``malignancy_temperature`` is set).
 2. The lesion-number map is resized to the frame's size (nearest neighbour, by inverting the preprocessing), and
    :func:`measure_lesions` turns it into the class label map and measures each lesion: area and bounding box, and,
    on the frame's own pixels and spacing, the descriptors of :mod:`scripts.descriptors`.
@@ -24,6 +25,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage
 
+from scripts.calibration import Calibration
 from scripts.descriptors import LesionDescriptors, describe_lesion
 from scripts.labels import load_vocabulary
 from scripts.network import PIXEL_CHANNELS
@@ -50,12 +52,15 @@ class LesionConfidence:
             :class:`scripts.predict.ProbabilityInferer`): how much the networks of the ensemble, and the mirrored
             image under test-time augmentation, differ on it; None when one view was all there was.
         review: the uncertainty is above the review threshold: a reader should check this lesion.
+        malignancy: the probability that the lesion is malignant that its class is decided on (malignant above one
+            half; see :func:`find_lesions`), temperature-scaled when a temperature is set; None when not computed.
     """
 
     mean: float
     peak: float
     uncertainty: float | None
     review: bool
+    malignancy: float | None = None
 
 
 @dataclass
@@ -72,6 +77,7 @@ class Lesion:
         peak_probability: highest probability of ``label`` over the lesion's pixels.
         uncertainty: see :class:`LesionConfidence`; None without several views.
         review: flagged for review because of a high uncertainty.
+        malignancy_probability: see :class:`LesionConfidence`'s ``malignancy``.
         descriptors: measurements and suggested BI-RADS terms computed from the lesion's segmentation
             (:mod:`scripts.descriptors`); None when not computed.
     """
@@ -86,6 +92,7 @@ class Lesion:
     uncertainty: float | None = None
     review: bool = False
     descriptors: LesionDescriptors | None = None
+    malignancy_probability: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +114,7 @@ def find_lesions(
     image_class_weight: float = 0.0,
     disagreement: np.ndarray | None = None,
     review_uncertainty: float = 1.0,
+    malignancy_temperature: float = 1.0,
 ) -> tuple[np.ndarray, list[tuple[int, LesionConfidence]]]:
     """Lesion-number map and ``(label, confidence)`` of each lesion, at the probabilities' resolution.
 
@@ -121,6 +129,9 @@ def find_lesions(
             benign + malignant, of the pixels summed over the lesion and of the image head) is above one half.
         disagreement: (rows, columns) disagreement of the views the probabilities average, or None for one view.
         review_uncertainty: a lesion whose mean disagreement is above this is flagged for review.
+        malignancy_temperature: temperature of the reported malignancy probability (:mod:`scripts.calibration`):
+            its logit is divided by it; 1 reports the probability as the networks give it. It never changes a
+            lesion's class.
 
     Returns:
         int32 map (0 none, k for the k-th lesion) and the lesions' label and :class:`LesionConfidence`, numbered
@@ -139,6 +150,7 @@ def find_lesions(
     image_malignant_share = 0.5
     if image_probabilities is not None:
         image_malignant_share = image_probabilities[2] / max(image_probabilities[1] + image_probabilities[2], 1e-6)
+    calibration = Calibration(temperature=malignancy_temperature)
     found = []
     for index, region in enumerate(ndimage.find_objects(components), start=1):
         mask = components[region] == index
@@ -156,6 +168,7 @@ def find_lesions(
             peak=round(float(class_probability.max()), 4),
             uncertainty=uncertainty,
             review=uncertainty is not None and uncertainty > review_uncertainty,
+            malignancy=round(float(calibration(weighted)), 4),
         )
         found.append((label, confidence))
     return numbers, found
@@ -192,7 +205,7 @@ def measure_lesions(
     measured.sort(key=lambda item: -item[0])
     lesions = [
         Lesion(k, label, names[label], confidence.mean, area, bbox, confidence.peak, confidence.uncertainty,
-               confidence.review, descriptors)
+               confidence.review, descriptors, confidence.malignancy)
         for k, (area, label, confidence, bbox, descriptors) in enumerate(measured, start=1)
     ]
     return labels, lesions
@@ -220,6 +233,7 @@ class FindLesionsd(MapTransform):
         max_normal_probability: float = 1.0,
         image_class_weight: float = 0.0,
         review_uncertainty: float = 1.0,
+        malignancy_temperature: float = 1.0,
     ) -> None:
         super().__init__(keys)
         self.settings = dict(
@@ -228,6 +242,7 @@ class FindLesionsd(MapTransform):
             max_normal_probability=max_normal_probability,
             image_class_weight=image_class_weight,
             review_uncertainty=review_uncertainty,
+            malignancy_temperature=malignancy_temperature,
         )
 
     def __call__(self, data: dict) -> dict:

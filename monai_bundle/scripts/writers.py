@@ -84,6 +84,7 @@ LESION_COLUMNS = (
     "peak_probability",
     "uncertainty",
     "review",
+    "malignancy_probability",
     *DESCRIPTOR_COLUMNS,
 )
 DIAMETER_COLOUR = (255, 220, 0)  # yellow: stands out from the grey image and from both lesion colours
@@ -289,6 +290,7 @@ def _lesion_rows(result: SegmentationResult) -> list[dict]:
                     "peak_probability": lesion.peak_probability,
                     "uncertainty": lesion.uncertainty,
                     "review": lesion.review,
+                    "malignancy_probability": lesion.malignancy_probability,
                     **(lesion.descriptors.to_row() if lesion.descriptors else dict.fromkeys(DESCRIPTOR_COLUMNS)),
                 }
             )
