@@ -141,6 +141,16 @@ def test_obvious_commands_work_from_the_folder_of_the_image(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "scan.png"]
 
 
+def test_weights_of_a_fine_tuning_replace_the_shipped_ones(tmp_path, capsys):
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 48), dtype=np.uint8)).save(tmp_path / "scan.png")
+    # one network instead of the shipped ensemble; a missing file is named and nothing is written
+    assert run_cli(tmp_path / "scan.png", "-o", tmp_path / "out", "--weights", REPO / "monai_bundle/models/model.pt") == 0
+    assert (tmp_path / "out" / "scan_seg.png").is_file()
+    assert run_cli(tmp_path / "scan.png", "-o", tmp_path / "bad", "--weights", tmp_path / "tuned.pt") == 1
+    assert f"--weights: {tmp_path / 'tuned.pt'}: no such file" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_unwritable_output_folder_fails_each_input(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -155,7 +165,9 @@ def test_help_explains_every_option():
     done = subprocess.run([sys.executable, "-m", "scripts.cli", "--help"], capture_output=True, text=True,
                           cwd=REPO / "monai_bundle")
     assert done.returncode == 0
-    for option in ("--output", "--format", "--device", "--tta", "--no-overlays", "--progress", "--bundle", "examples:"):
+    for option in (
+        "--output", "--format", "--device", "--tta", "--no-overlays", "--progress", "--weights", "--bundle", "examples:"
+    ):
         assert option in done.stdout
 
 
