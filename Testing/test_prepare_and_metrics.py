@@ -357,7 +357,8 @@ def test_burned_in_marks_change_the_image_only():
 
 
 def test_fine_tuning_split_takes_whole_patients_and_refuses_too_few(tmp_path):
-    items = [{"name": f"P{p}_{n}", "group": f"clinic/P{p}", "fold": p % 2} for p in range(6) for n in range(5)]
+    items = [{"name": f"P{p}_{n}", "group": f"clinic/P{p}", "fold": p % 2, "source": "clinic"}
+             for p in range(6) for n in range(5)]
     datalist = {"training": [i for i in items if i["fold"]], "validation": [i for i in items if not i["fold"]], "all": items}
     split = tuning_split(datalist, max_images=7, seed=1)
     patients = Counter(item["group"] for item in split["training"])
@@ -365,6 +366,12 @@ def test_fine_tuning_split_takes_whole_patients_and_refuses_too_few(tmp_path):
     assert tuning_split(datalist)["training"] == datalist["training"]
     with pytest.raises(ValueError, match="30 usable images of 6 patients: too few"):
         tuning_split({**datalist, "validation": []})
+    # rehearsal images (the data the shipped weights learned from) are all tuned on, never limited nor scored
+    old = [{"name": f"R{n}", "group": None, "fold": n % 2, "source": "rehearsal"} for n in range(8)]
+    mixed = {key: value + [i for i in old if key == "all" or (i["fold"] == 0) == (key == "validation")]
+             for key, value in datalist.items()}
+    split = tuning_split(mixed, max_images=7, seed=1, rehearsal_source="rehearsal")
+    assert len(split["training"]) == 7 + 8 and split["validation"] == datalist["validation"]
     with pytest.raises(ValueError, match="the shipped weights' folder"):
         check_output_dir(str(tmp_path / "models" / "."), str(tmp_path / "models"))
     assert check_output_dir(str(tmp_path / "runs"), str(tmp_path / "models")) == str(tmp_path / "runs")

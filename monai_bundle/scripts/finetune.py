@@ -14,17 +14,26 @@ from pathlib import Path
 __all__ = ["check_output_dir", "tuning_split"]
 
 
-def tuning_split(datalist: dict[str, list[dict]], max_images: int | None = None, seed: int = 0) -> dict[str, list[dict]]:
-    """The tuning images (at most ``max_images``, whole patients first) and the held-out images of a prepared
-    datalist.
+def tuning_split(
+    datalist: dict[str, list[dict]],
+    max_images: int | None = None,
+    seed: int = 0,
+    rehearsal_source: str | None = None,
+) -> dict[str, list[dict]]:
+    """The tuning images (at most ``max_images`` of the group's own, whole patients first) and the held-out images of
+    a prepared datalist.
 
     Patients are taken in a random order (``seed``) until ``max_images`` are reached, the last one only in part, so a
-    small budget stands for a few fully annotated patients, as a group would annotate them.
+    small budget stands for a few fully annotated patients, as a group would annotate them. Every image of
+    ``rehearsal_source`` (the data the shipped weights learned from, when the group has it) is tuned on too and none
+    is scored: mixed in, it keeps the network from forgetting what it knew while it learns the new scanner.
 
     Raises:
         ValueError: nothing to tune on or nothing held out to score on.
     """
-    training, held_out = datalist["training"], datalist["validation"]
+    rehearsal = [item for item in datalist["all"] if item["source"] == rehearsal_source]
+    own = lambda items: [item for item in items if item["source"] != rehearsal_source]  # noqa: E731
+    training, held_out = own(datalist["training"]), own(datalist["validation"])
     if max_images is not None:
         by_group: dict[str, list[dict]] = defaultdict(list)
         for item in training:
@@ -33,12 +42,13 @@ def tuning_split(datalist: dict[str, list[dict]], max_images: int | None = None,
         random.Random(seed).shuffle(groups)
         training = [item for group in groups for item in by_group[group]][:max_images]
     if not training or not held_out:
-        patients = len({item["group"] or item["name"] for item in datalist["all"]})
+        everything = own(datalist["all"])
+        patients = len({item["group"] or item["name"] for item in everything})
         raise ValueError(
-            f"{len(datalist['all'])} usable images of {patients} patients: too few to tune on some patients and "
+            f"{len(everything)} usable images of {patients} patients: too few to tune on some patients and "
             "score on others; add images or patients, or hold out a larger share with a smaller --folds (at least 2)"
         )
-    return {"training": training, "validation": held_out, "all": datalist["all"]}
+    return {"training": training + rehearsal, "validation": held_out, "all": datalist["all"]}
 
 
 def check_output_dir(output_dir: str, models_dir: str) -> str:
