@@ -175,10 +175,10 @@ def read_datalist_layout(path: Path, source: str, skipped: list[dict]) -> list[_
         if label is None:
             skipped.append({"file": str(image), "reason": "no label in the datalist"})
             continue
+        name = str(image.relative_to(path.parent)) if image.is_relative_to(path.parent) else image.name
         group = item.get("group")
-        cases.append(_Case(source, str(image.relative_to(path.parent)) if image.is_relative_to(path.parent)
-                           else image.name, image, [Path(label)], item.get("class"),
-                           None if group is None else str(group)))
+        # the class is read off the label map
+        cases.append(_Case(source, name, image, [Path(label)], group=None if group is None else str(group)))
     return cases
 
 
