@@ -20,9 +20,11 @@ one and says so in its first output line; a request whose engine dies or falls s
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +49,8 @@ IDLE_TIMEOUT_S = 600.0
 # A request whose engine prints nothing for this long has hung: the engine is stopped and the request fails. Every
 # frame prints a line; before the first, a new engine imports MONAI and loads the networks.
 SILENCE_TIMEOUT_S = 300.0
+# A process whose input is closed is exiting: how long to wait for its exit code.
+SEND_FAILURE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -137,17 +141,24 @@ class Engine:
             self._reserved = True
             return True
 
-    def submit(self, request: Mapping) -> None:
-        """Send one request: the keyword arguments of ``monai.bundle.create_workflow``."""
+    def submit(self, request: Mapping) -> bool:
+        """Send one request: the keyword arguments of ``monai.bundle.create_workflow``.
+
+        Returns False, with no request open, when the process turns out to have died before the request reached it
+        (the operating system may report a killed process as running until something writes to it).
+        """
         with self._lock:
             if not self._reserved or self.request_open:
                 raise RuntimeError("reserve the engine, and let its last request finish, before submitting")
             self._process.poll()  # anything printed while idle belongs to no request
-            self.returncode, self.request_open, self._last_output = None, True, time.monotonic()
             try:
                 self._process.send(json.dumps(request))
             except OSError:
-                pass  # the process has died: poll() ends the request with its exit code
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(timeout=SEND_FAILURE_WAIT_S)  # its exit code, for the replacement's note
+                return False
+            self.returncode, self.request_open, self._last_output = None, True, time.monotonic()
+            return True
 
     def poll(self, timeout: float = 0.0) -> list[str]:
         """Output lines of the request since the last call, waiting up to ``timeout`` seconds for the first.

@@ -129,17 +129,29 @@ class BundleRun:
         bundle_dir = Path(self.config.bundle_dir) if self.config.bundle_dir else locate_bundle()
         env = os.environ if self.config.env is None else self.config.env
         python = self.config.python_executable or sys.executable
-        engine = acquire_engine(EngineSettings.make(python, bundle_dir, self.config.device, env))
+        settings = EngineSettings.make(python, bundle_dir, self.config.device, env)
+        given_work_dir = self.work_dir
+        engine = acquire_engine(settings)
         try:
-            # The engine's folder keeps its file names from run to run, so the engine keeps its workflow.
-            self.work_dir = self.work_dir or engine.work_dir
-            # The input has a folder of its own: the bundle refuses an output folder inside the input's folder.
-            input_file = write_input(
-                self.array, self.spacing, self.origin, self.direction, self.work_dir / "input" / f"{INPUT_STEM}.nrrd"
-            )
-            shutil.rmtree(self.output_dir, ignore_errors=True)  # a result is never one of an earlier run
-            engine.submit(inference_overrides(bundle_dir, input_file, self.output_dir, self.config.device,
-                                              self.config.tta))  # fmt: skip
+            for _ in range(2):
+                # The engine's folder keeps its file names from run to run, so the engine keeps its workflow.
+                self.work_dir = given_work_dir or engine.work_dir
+                # The input has a folder of its own: the bundle refuses an output folder inside the input's folder.
+                input_file = write_input(
+                    self.array, self.spacing, self.origin, self.direction,
+                    self.work_dir / "input" / f"{INPUT_STEM}.nrrd",
+                )
+                shutil.rmtree(self.output_dir, ignore_errors=True)  # a result is never one of an earlier run
+                request = inference_overrides(
+                    bundle_dir, input_file, self.output_dir, self.config.device, self.config.tta
+                )
+                if engine.submit(request):
+                    break
+                # the warm engine died while idle: a new one takes the request and says so
+                engine.release()
+                engine = acquire_engine(settings)
+            else:
+                raise SegmentationError(f"the segmentation engine exited at start (exit code {engine.exit_code})")
         except Exception:
             engine.release()
             raise
