@@ -124,12 +124,17 @@ class Engine:
 
     @property
     def alive(self) -> bool:
-        """True while the process runs."""
-        return self._process.returncode is None
+        """True while the process runs and is not ending."""
+        return not self._process.exiting
 
     @property
     def exit_code(self) -> int | None:
-        """Exit code of the process; None while it runs."""
+        """Exit code of the process; None while it runs. A process that is ending is waited for (at most
+        :data:`SEND_FAILURE_WAIT_S`), so that its code can be reported."""
+        if self.alive:
+            return None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=SEND_FAILURE_WAIT_S)
         return self._process.returncode
 
     def reserve(self) -> bool:

@@ -121,6 +121,19 @@ class BackgroundProcess:
         """Exit code of the child; None before start and while it runs."""
         return self._process.poll() if self._process is not None else None
 
+    @property
+    def exiting(self) -> bool:
+        """True from the moment the child's main thread has ended, also while its other threads are still ending
+        (only then can its exit code be read; meanwhile what is written to its input is accepted and never read)."""
+        import psutil
+
+        if self.returncode is not None:
+            return True
+        try:
+            return psutil.Process(self._process.pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+        except psutil.NoSuchProcess:
+            return True
+
     def send(self, line: str) -> None:
         """Write one line to the child's standard input (see ``accepts_input``).
 
