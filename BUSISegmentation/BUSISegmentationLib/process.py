@@ -127,6 +127,8 @@ class BackgroundProcess:
         (only then can its exit code be read; meanwhile what is written to its input is accepted and never read)."""
         import psutil
 
+        if self._process is None:
+            return False
         if self.returncode is not None:
             return True
         try:
