@@ -201,8 +201,13 @@ def test_bootstrap_interval_brackets_the_mean():
     assert all(math.isnan(v) for v in bootstrap_ci(np.array([float("nan")])))
 
 
-def _write_evaluation(folder: Path, predictions: dict[str, np.ndarray], truths: dict[str, np.ndarray]) -> None:
-    rows = [{"name": name, "fold": 0, **image_metrics(predictions[name], truths[name])} for name in predictions]
+def _write_evaluation(
+    folder: Path, predictions: dict[str, np.ndarray], truths: dict[str, np.ndarray], sources: dict[str, str] | None = None
+) -> None:
+    rows = [
+        {"name": name, "fold": 0, "source": (sources or {}).get(name, ""), **image_metrics(predictions[name], truths[name])}
+        for name in predictions
+    ]
     folder.mkdir()
     with open(folder / "per_image.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
@@ -237,6 +242,25 @@ def test_two_evaluations_are_compared_image_by_image(tmp_path):
     assert summarise(rows)["benign_vs_malignant_accuracy"]["mean"] == 0.5
     with pytest.raises(ValueError, match="--candidate_dir"):
         compare_evaluations(str(tmp_path / "baseline"), None)
+    assert "by_source" not in result
+
+
+def test_a_comparison_of_two_sources_gives_each_source_apart(tmp_path):
+    square = np.zeros((10, 10), dtype=np.uint8)
+    square[2:6, 2:6] = 1
+    truths = {"a1": square, "a2": square, "b1": square, "b2": np.zeros_like(square)}
+    sources = {"a1": "A", "a2": "A", "b1": "B", "b2": "B"}
+    missed = {**truths, "b1": np.zeros_like(square)}  # the baseline misses the lesion of source B
+    _write_evaluation(tmp_path / "baseline", missed, truths, sources)
+    _write_evaluation(tmp_path / "candidate", truths, truths, sources)
+    result = compare_evaluations(str(tmp_path / "baseline"), str(tmp_path / "candidate"), samples=200)
+    assert result["lesion_dice"]["difference"] == pytest.approx(1 / 3)
+    by_source = result["by_source"]
+    assert by_source["A"]["images"] == 2 and by_source["A"]["lesion_dice"]["difference"] == 0
+    assert "normal_predicted_empty" not in by_source["A"]  # source A has no normal image
+    assert by_source["B"]["lesion_dice"] == {"baseline": 0.0, "candidate": 1.0, "difference": 1.0,
+                                             "ci95": [1.0, 1.0], "n": 1}
+    assert by_source["B"]["lesion_image_missed"]["difference"] == -1.0
 
 
 def test_summary_has_each_source_and_marks_apart():

@@ -10,7 +10,7 @@ uncertainty, and of one minus the mean class probability, as a score for "this l
 
 Usage::
 
-    python benchmarks/lesion_review.py [--data ../shared/data/BUS-UCLM] [--images 200] [--seed 0]
+    python benchmarks/lesion_review.py [--data ../shared/data/BUS-UCLM] [--images 200] [--seed 0] [--held_out_fold K]
 """
 
 from __future__ import annotations
@@ -42,8 +42,14 @@ def main(argv: list[str] | None = None) -> dict:
     options.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "BUS-UCLM")
     options.add_argument("--images", type=int, default=200, help="lesion images drawn at random")
     options.add_argument("--seed", type=int, default=0)
+    options.add_argument(
+        "--held_out_fold", type=int, default=None,
+        help="only the images of this patient fold (scripts.prepare.Preparation, 5 folds): for weights trained on "
+        "BUS-UCLM's other folds, the images they never saw",
+    )  # fmt: skip
     args = options.parse_args(argv)
     sys.path.insert(0, str(BUNDLE))
+    from scripts.prepare import Preparation
     from scripts.reader import read_image
 
     parser = ConfigParser()
@@ -52,6 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     runner = parser.get_parsed_content("runner")
     with open(args.data / "labels.csv", encoding="utf-8") as stream:
         rows = [row for row in csv.DictReader(stream) if row["pathology"] != "normal"]
+    if args.held_out_fold is not None:
+        items = Preparation([str(args.data)], "/tmp/bus_uclm_prepared").load_datalist()["all"]
+        held_out = {Path(item["image"]).stem for item in items if item["fold"] == args.held_out_fold}
+        rows = [row for row in rows if row["id"] in held_out]
     np.random.default_rng(args.seed).shuffle(rows)
     wrong, uncertainty, confidence, empty = [], [], [], 0
     for row in rows[: args.images]:

@@ -141,7 +141,8 @@ def read_per_image(path: str | Path) -> dict[str, dict]:
 
 def compare_evaluations(baseline_dir: str, candidate_dir: str | None, samples: int = 1000, seed: int = 0) -> dict:
     """Paired difference, candidate minus baseline, of each target metric and the 3-class accuracy on the images
-    both evaluations scored: mean of the per-image differences with a 95 % bootstrap interval over images.
+    both evaluations scored: mean of the per-image differences with a 95 % bootstrap interval over images; the same
+    for each source under ``by_source`` when the images come from several.
 
     Written to ``candidate_dir/paired_against_<baseline folder name>.json`` and logged one metric per line.
     """
@@ -153,24 +154,40 @@ def compare_evaluations(baseline_dir: str, candidate_dir: str | None, samples: i
     if not names:
         raise ValueError(f"{baseline_dir} and {candidate_dir} share no image")
     result = {"baseline": str(baseline_dir), "candidate": str(candidate_dir), "images": len(names)}
+    result.update(_paired_differences(baseline, candidate, names, samples, seed))
+    sources = sorted({candidate[name].get("source") or "" for name in names})
+    if len(sources) > 1:
+        result["by_source"] = {}
+        for source in sources:
+            logger.info(f"{source}:")
+            of_source = [name for name in names if candidate[name].get("source") == source]
+            result["by_source"][source] = {
+                "images": len(of_source), **_paired_differences(baseline, candidate, of_source, samples, seed)
+            }
+    output = Path(candidate_dir) / f"paired_against_{Path(baseline_dir).resolve().name}.json"
+    output.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _paired_differences(baseline: dict, candidate: dict, names: list[str], samples: int, seed: int) -> dict:
+    result = {}
     for metric in (*TARGET_METRICS, "lesion_image_missed", "image_accuracy_3class"):
         pairs = np.array([[per_image_scores(t[n])[metric] for t in (baseline, candidate)] for n in names])
         pairs = pairs[~np.isnan(pairs).any(axis=1)]
+        if not len(pairs):
+            continue  # no image of the metric's kind (a source without normal images)
         difference = pairs[:, 1] - pairs[:, 0]
-        result[metric] = {
+        result[metric] = entry = {
             "baseline": float(pairs[:, 0].mean()),
             "candidate": float(pairs[:, 1].mean()),
             "difference": float(difference.mean()),
             "ci95": list(bootstrap_ci(difference, samples, seed)),
             "n": int(len(pairs)),
         }
-        entry = result[metric]
         logger.info(
             f"{metric}: {entry['baseline']:.3f} -> {entry['candidate']:.3f}, difference {entry['difference']:+.3f} "
             f"[{entry['ci95'][0]:+.3f}, {entry['ci95'][1]:+.3f}] (n={entry['n']})"
         )
-    output = Path(candidate_dir) / f"paired_against_{Path(baseline_dir).resolve().name}.json"
-    output.write_text(json.dumps(result, indent=2))
     return result
 
 
