@@ -170,6 +170,7 @@ def compare_evaluations(baseline_dir: str, candidate_dir: str | None, samples: i
 
 
 def _paired_differences(baseline: dict, candidate: dict, names: list[str], samples: int, seed: int) -> dict:
+    """For each metric, both means and the mean per-image difference with its interval, over the images ``names``."""
     result = {}
     for metric in (*TARGET_METRICS, "lesion_image_missed", "image_accuracy_3class"):
         pairs = np.array([[per_image_scores(t[n])[metric] for t in (baseline, candidate)] for n in names])
