@@ -49,8 +49,8 @@ IDLE_TIMEOUT_S = 600.0
 # A request whose engine prints nothing for this long has hung: the engine is stopped and the request fails. Every
 # frame prints a line; before the first, a new engine imports MONAI and loads the networks.
 SILENCE_TIMEOUT_S = 300.0
-# A process whose input is closed is exiting: how long to wait for its exit code.
-SEND_FAILURE_WAIT_S = 10.0
+# A process that is ending (killed, or its input closed): how long to wait for its exit code.
+EXIT_CODE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -130,11 +130,11 @@ class Engine:
     @property
     def exit_code(self) -> int | None:
         """Exit code of the process; None while it runs. A process that is ending is waited for (at most
-        :data:`SEND_FAILURE_WAIT_S`), so that its code can be reported."""
+        :data:`EXIT_CODE_WAIT_S`), so that its code can be reported."""
         if self.alive:
             return None
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self._process.wait(timeout=SEND_FAILURE_WAIT_S)
+            self._process.wait(timeout=EXIT_CODE_WAIT_S)
         return self._process.returncode
 
     def reserve(self) -> bool:
@@ -159,9 +159,7 @@ class Engine:
             try:
                 self._process.send(json.dumps(request))
             except OSError:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._process.wait(timeout=SEND_FAILURE_WAIT_S)  # its exit code, for the replacement's note
-                return False
+                return False  # the replacement's note waits for the exit code (exit_code)
             self.returncode, self.request_open, self._last_output = None, True, time.monotonic()
             return True
 
