@@ -155,12 +155,12 @@ def compare_evaluations(baseline_dir: str, candidate_dir: str | None, samples: i
         raise ValueError(f"{baseline_dir} and {candidate_dir} share no image")
     result = {"baseline": str(baseline_dir), "candidate": str(candidate_dir), "images": len(names)}
     result.update(_paired_differences(baseline, candidate, names, samples, seed))
-    sources = sorted({candidate[name].get("source") or "" for name in names})
-    if len(sources) > 1:
+    source_of = {name: candidate[name].get("source") or "" for name in names}
+    if len(set(source_of.values())) > 1:
         result["by_source"] = {}
-        for source in sources:
+        for source in sorted(set(source_of.values())):
             logger.info(f"{source}:")
-            of_source = [name for name in names if candidate[name].get("source") == source]
+            of_source = [name for name in names if source_of[name] == source]
             result["by_source"][source] = {
                 "images": len(of_source), **_paired_differences(baseline, candidate, of_source, samples, seed)
             }
