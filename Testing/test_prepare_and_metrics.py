@@ -125,6 +125,17 @@ def test_prepare_several_sources_into_one_datalist(tmp_path):
         per_class[item["source"], item["class"]] += weight
     assert all(math.isclose(total, 1 / 3) for total in per_source.values())
     assert all(math.isclose(per_class["clinic", c], 1 / 9) for c in (0, 1, 2))
+    # by the square root of the counts instead: each source still a third, its classes as sqrt(count)
+    weights = sampling_weights(items, class_exponent=0.5)
+    per_source, per_class = Counter(), Counter()
+    for item, weight in zip(items, weights):
+        per_source[item["source"]] += weight
+        per_class[item["source"], item["class"]] += weight
+    assert all(math.isclose(total, 1 / 3) for total in per_source.values())
+    clinic_counts = Counter(item["class"] for item in clinic)
+    roots = {c: math.sqrt(n) for c, n in clinic_counts.items()}
+    for c, root in roots.items():
+        assert math.isclose(per_class["clinic", c], root / sum(roots.values()) / 3)
 
 
 def test_prepare_names_each_bad_mask_and_prepares_the_rest(tmp_path):

@@ -201,13 +201,24 @@ def detect_layout(path: Path) -> str:
     )
 
 
-def sampling_weights(items: list[dict]) -> list[float]:
-    """Weight of each datalist item so that every source is drawn equally often and, within a source, every image
-    class: a source's hundreds of near-identical normal frames then weigh no more than its few malignant lesions."""
+def sampling_weights(items: list[dict], class_exponent: float = 0.0) -> list[float]:
+    """Weight of each datalist item so that every source is drawn equally often and, within a source, each class in
+    proportion to its image count raised to ``class_exponent``.
+
+    0 (the default) draws every class of a source equally often: a source's hundreds of near-identical normal frames
+    then weigh no more than its few malignant lesions; 1 draws a source's images in their natural proportions, and
+    0.5 in between (by the square root of the counts).
+    """
     counts = Counter((item["source"], item["class"]) for item in items)
-    classes_of: dict[str, int] = Counter(source for source, _ in counts)
-    sources = len(classes_of)
-    return [1.0 / (sources * classes_of[item["source"]] * counts[item["source"], item["class"]]) for item in items]
+    class_share = {key: count**class_exponent for key, count in counts.items()}
+    source_total: Counter = Counter()
+    for (source, _), share in class_share.items():
+        source_total[source] += share
+    sources = len(source_total)
+    return [
+        class_share[key] / (sources * source_total[key[0]] * counts[key])
+        for key in ((item["source"], item["class"]) for item in items)
+    ]
 
 
 def _thumbnail(grey: np.ndarray, size: int) -> np.ndarray:
