@@ -118,24 +118,25 @@ def test_prepare_several_sources_into_one_datalist(tmp_path):
     label = np.asarray(Image.open(next(i["label"] for i in clinic if i["class"] == 2)))
     assert set(np.unique(label)) == {0, 2}
     # sampling: each source drawn equally often, each class equally often within a source
-    weights = sampling_weights(items)
-    per_source, per_class = Counter(), Counter()
-    for item, weight in zip(items, weights):
-        per_source[item["source"]] += weight
-        per_class[item["source"], item["class"]] += weight
+    def drawn_shares(weights):
+        per_source, per_class = Counter(), Counter()
+        for item, weight in zip(items, weights):
+            per_source[item["source"]] += weight
+            per_class[item["source"], item["class"]] += weight
+        return per_source, per_class
+
+    per_source, per_class = drawn_shares(sampling_weights(items))
     assert all(math.isclose(total, 1 / 3) for total in per_source.values())
     assert all(math.isclose(per_class["clinic", c], 1 / 9) for c in (0, 1, 2))
     # by the square root of the counts instead: each source still a third, its classes as sqrt(count)
-    weights = sampling_weights(items, class_exponent=0.5)
-    per_source, per_class = Counter(), Counter()
-    for item, weight in zip(items, weights):
-        per_source[item["source"]] += weight
-        per_class[item["source"], item["class"]] += weight
+    per_source, per_class = drawn_shares(sampling_weights(items, class_exponent=0.5))
     assert all(math.isclose(total, 1 / 3) for total in per_source.values())
-    clinic_counts = Counter(item["class"] for item in clinic)
-    roots = {c: math.sqrt(n) for c, n in clinic_counts.items()}
+    roots = {c: math.sqrt(n) for c, n in Counter(item["class"] for item in clinic).items()}
     for c, root in roots.items():
         assert math.isclose(per_class["clinic", c], root / sum(roots.values()) / 3)
+    # in natural proportions: every image of a source equally likely
+    natural = sampling_weights(items, class_exponent=1.0)
+    assert len({round(w, 12) for item, w in zip(items, natural) if item["source"] == "clinic"}) == 1
 
 
 def test_prepare_names_each_bad_mask_and_prepares_the_rest(tmp_path):
