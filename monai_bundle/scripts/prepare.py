@@ -209,16 +209,14 @@ def sampling_weights(items: list[dict], class_exponent: float = 0.0) -> list[flo
     then weigh no more than its few malignant lesions; 1 draws a source's images in their natural proportions, and
     0.5 in between (by the square root of the counts).
     """
-    counts = Counter((item["source"], item["class"]) for item in items)
+    keys = [(item["source"], item["class"]) for item in items]
+    counts = Counter(keys)
     class_share = {key: count**class_exponent for key, count in counts.items()}
     source_total: Counter = Counter()
     for (source, _), share in class_share.items():
         source_total[source] += share
     sources = len(source_total)
-    return [
-        class_share[key] / (sources * source_total[key[0]] * counts[key])
-        for key in ((item["source"], item["class"]) for item in items)
-    ]
+    return [class_share[key] / (sources * source_total[key[0]] * counts[key]) for key in keys]
 
 
 def _thumbnail(grey: np.ndarray, size: int) -> np.ndarray:
