@@ -392,7 +392,7 @@ def test_burned_in_marks_change_the_image_only():
     assert torch.equal(RandBurnedInMarksd("image", prob=0.0)({"image": image})["image"], image)
 
 
-def test_fine_tuning_split_takes_whole_patients_and_refuses_too_few(tmp_path):
+def test_fine_tuning_split_takes_patients_and_refuses_too_few(tmp_path):
     items = [{"name": f"P{p}_{n}", "group": f"clinic/P{p}", "fold": p % 2, "source": "clinic"}
              for p in range(6) for n in range(5)]
     datalist = {"training": [i for i in items if i["fold"]], "validation": [i for i in items if not i["fold"]], "all": items}
@@ -400,6 +400,12 @@ def test_fine_tuning_split_takes_whole_patients_and_refuses_too_few(tmp_path):
     patients = Counter(item["group"] for item in split["training"])
     assert len(split["training"]) == 7 and sorted(patients.values()) == [2, 5] and split["validation"] == datalist["validation"]
     assert tuning_split(datalist)["training"] == datalist["training"]
+    # the same budget spread over more patients: at most 2 images of each, still only tuning patients
+    split = tuning_split(datalist, max_images=5, seed=1, images_per_patient=2)
+    patients = Counter(item["group"] for item in split["training"])
+    assert len(split["training"]) == 5 and sorted(patients.values()) == [1, 2, 2]
+    assert all(item["fold"] == 1 for item in split["training"])
+    assert len(tuning_split(datalist, images_per_patient=2)["training"]) == 3 * 2
     with pytest.raises(ValueError, match="30 usable images of 6 patients: too few"):
         tuning_split({**datalist, "validation": []})
     # rehearsal images (the data the shipped weights learned from) are all tuned on, never limited nor scored

@@ -19,12 +19,14 @@ def tuning_split(
     max_images: int | None = None,
     seed: int = 0,
     rehearsal_source: str | None = None,
+    images_per_patient: int | None = None,
 ) -> dict[str, list[dict]]:
-    """The tuning images (at most ``max_images`` of the group's own, whole patients first) and the held-out images of
-    a prepared datalist.
+    """The tuning images (at most ``max_images`` of the group's own, patient by patient) and the held-out images of a
+    prepared datalist.
 
     Patients are taken in a random order (``seed``) until ``max_images`` are reached, the last one only in part, so a
-    small budget stands for a few fully annotated patients, as a group would annotate them. Every image of
+    small budget stands for a few annotated patients, as a group would annotate them: every image of a patient, or
+    ``images_per_patient`` of them drawn at random (the same budget spread over more patients). Every image of
     ``rehearsal_source`` (the data the shipped weights learned from, when the group has it) is tuned on too and none
     is scored: mixed in, it keeps the network from forgetting what it knew while it learns the new scanner.
 
@@ -34,12 +36,16 @@ def tuning_split(
     rehearsal = [item for item in datalist["all"] if item["source"] == rehearsal_source]
     own = lambda items: [item for item in items if item["source"] != rehearsal_source]  # noqa: E731
     training, held_out = own(datalist["training"]), own(datalist["validation"])
-    if max_images is not None:
+    if max_images is not None or images_per_patient is not None:
         by_group: dict[str, list[dict]] = defaultdict(list)
         for item in training:
             by_group[item["group"] or item["name"]].append(item)
         groups = sorted(by_group)
-        random.Random(seed).shuffle(groups)
+        draw = random.Random(seed)
+        draw.shuffle(groups)
+        if images_per_patient is not None:
+            by_group = {group: draw.sample(by_group[group], min(images_per_patient, len(by_group[group])))
+                        for group in groups}
         training = [item for group in groups for item in by_group[group]][:max_images]
     if not training or not held_out:
         everything = own(datalist["all"])
