@@ -15,6 +15,7 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.data import MetaTensor
 from PIL import Image
 
 from busi_synthetic import make_busi, make_folder_layout
@@ -275,6 +276,23 @@ def test_inference_segments_folder_and_reports_bad_files(trained, tmp_path, caps
     with pytest.raises(SystemExit, match="1 of 3 inputs failed"):
         run_workflow(["inference.json"], **{**override, "output_dir": str(inside), "overlays": False})
     assert sorted(p.name for p in inside.rglob("*.png")) == ["colour_seg.png", "grey_seg.png"]
+
+
+def test_aspect_preserving_resize_pads_the_short_side_and_label_maps_keep_the_input_size(trained, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "image_size": [32, 32], "keep_aspect": True})
+    frame = MetaTensor(torch.rand(1, 50, 70) + 0.1)
+    image = parser.get_parsed_content("preprocessing")({"image": frame})["image"]
+    rows = torch.nonzero(image[0].sum(dim=1)).flatten()
+    # 70 columns become 32, 50 rows round(50 * 32 / 70) = 23, centred between zero rows
+    assert image.shape == (1, 32, 32) and len(rows) == 23 and int(rows[0]) == 4
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (50, 70), dtype=np.uint8)).save(inputs / "wide.png")
+    run_workflow(["inference.json"], image_size=[32, 32], keep_aspect=True, input_dir=str(inputs),
+                 output_dir=str(out), checkpoint=str(trained["output_dir"] / "model.pt"), progress="none")
+    assert np.asarray(Image.open(out / "wide_seg.png")).shape == (50, 70)
 
 
 def test_parallel_workers_give_the_results_of_one_worker(trained, tmp_path, capsys):

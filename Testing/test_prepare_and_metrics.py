@@ -359,12 +359,15 @@ def test_holes_are_filled_as_scipy_fills_them():
 
 
 @pytest.mark.parametrize("shape", [(470, 560), (300, 200), (256, 700), (100, 120)])
-def test_anti_aliasing_is_that_of_monai_resize(shape):
+@pytest.mark.parametrize("keep_aspect", [False, True], ids=["squash", "keep aspect"])
+def test_anti_aliasing_is_that_of_monai_resize(shape, keep_aspect):
     frame = MetaTensor(torch.from_numpy(np.random.default_rng(1).random((1, *shape), dtype=np.float32)))
-    expected = Resize((256, 256), mode="bilinear", anti_aliasing=True)(frame)
-    smoothed = AntiAliasd("image", spatial_size=(256, 256))({"image": frame})["image"]
+    resize = Resize(256, size_mode="longest", mode="bilinear") if keep_aspect else Resize((256, 256), mode="bilinear")
+    expected = Resize(resize.spatial_size, size_mode=resize.size_mode, mode="bilinear", anti_aliasing=True)(frame)
+    smoothed = AntiAliasd("image", spatial_size=(256, 256), keep_aspect=keep_aspect)({"image": frame})["image"]
     assert isinstance(smoothed, MetaTensor) and smoothed.shape == frame.shape
-    resized = Resize((256, 256), mode="bilinear")(smoothed)
+    resized = resize(smoothed)
+    assert resized.shape == expected.shape and max(resized.shape[1:]) == 256
     np.testing.assert_allclose(resized.numpy(), expected.numpy(), atol=1e-5)
 
 

@@ -67,18 +67,33 @@ class AntiAliasd(MapTransform):
     Args:
         keys: image keys (never label maps).
         spatial_size: the size the frame is about to be resized to.
+        keep_aspect: the frame is resized so that its longest side fits ``spatial_size`` (``Resize`` with
+            ``size_mode="longest"``) instead of to ``spatial_size`` itself.
     """
 
-    def __init__(self, keys: KeysCollection, spatial_size: tuple[int, ...], allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: tuple[int, ...],
+        keep_aspect: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.spatial_size = tuple(spatial_size)
+        self.keep_aspect = keep_aspect
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key]
             smoothed = np.asarray(image, dtype=np.float32)
-            for axis, (size, out) in enumerate(zip(image.shape[1:], self.spatial_size), start=1):
+            sizes = image.shape[1:]
+            if self.keep_aspect:  # the sizes Resize(size_mode="longest") computes
+                scale = max(self.spatial_size) / max(sizes)
+                outputs = tuple(int(round(size * scale)) for size in sizes)
+            else:
+                outputs = self.spatial_size
+            for axis, (size, out) in enumerate(zip(sizes, outputs), start=1):
                 sigma = (size / out - 1) / 2
                 if sigma > 0:
                     kernel = gaussian_1d(torch.tensor(sigma), truncated=4.0, approx="erf").numpy()
