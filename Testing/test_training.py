@@ -1,5 +1,5 @@
 """Training as a user runs it: a run shorter than the averaged epochs, a run killed while it saves a checkpoint, the
-training config given alone. A tiny network on a synthetic BUSI folder, so that each run takes seconds."""
+training config given alone, deep supervision. A tiny network on a synthetic BUSI folder, so that each run takes seconds."""
 
 from __future__ import annotations
 
@@ -120,3 +120,31 @@ def test_the_training_command_with_the_training_config_alone_prints_one_line():
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1] == (
         f"configs/train.json adds training to configs/inference.json: run it with {MERGED_COMMAND}")
+
+
+def test_deep_supervision_trains_extra_levels_and_infers_as_before(settings, tmp_path):
+    from scripts.network import ResidualUNetWithImageHead, SegmentationAndImageLoss, auxiliary_outputs, split_outputs
+
+    network = ResidualUNetWithImageHead(channels=(4, 8, 8, 16, 16), deep_supervision=2)
+    image, labels = torch.rand(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)
+    labels[0, 0, 8:20, 8:20] = 2
+    # training: pixel and image logits, then one triplet of pixel logits per supervised level, at the output's size
+    outputs = network.train()(image)
+    assert outputs.shape == (2, 12, 32, 32) and len(auxiliary_outputs(outputs)) == 2
+    loss = SegmentationAndImageLoss()
+    assert loss(outputs, labels) > loss(outputs[:, :6], labels)
+    loss(outputs, labels).backward()
+    assert all(head.weight.grad.abs().sum() > 0 for head in network.auxiliary_heads)
+    # inference: the usual six channels
+    network.eval()
+    with torch.no_grad():
+        inferred = network(image)
+    assert inferred.shape == (2, 6, 32, 32) and auxiliary_outputs(inferred) == ()
+    assert split_outputs(inferred)[1].shape == (2, 3)
+    with pytest.raises(ValueError, match="deep_supervision must be 0 to 3"):
+        ResidualUNetWithImageHead(deep_supervision=4)
+    # the training workflow runs with it, and its weights load into the network it names
+    assert train(tmp_path, max_epochs=1, settings={**settings, "deep_supervision": 2}) == [1]
+    weights = network_weights(tmp_path / "model.pt")
+    assert any(key.startswith("auxiliary_heads.1.") for key in weights)
+    ResidualUNetWithImageHead(channels=(4, 8, 8, 16, 16), deep_supervision=2).load_state_dict(weights)

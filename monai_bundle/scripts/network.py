@@ -22,6 +22,7 @@ __all__ = [
     "MixedPrecision",
     "ResidualUNetWithImageHead",
     "SegmentationAndImageLoss",
+    "auxiliary_outputs",
     "mixed_precision_dtype",
     "pixel_outputs",
     "split_outputs",
@@ -37,8 +38,14 @@ def pixel_outputs(outputs: torch.Tensor) -> torch.Tensor:
 
 def split_outputs(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel logits ``(batch, 3, ...)`` and image logits ``(batch, 3)`` of the network's output."""
-    image_logits = outputs[:, PIXEL_CHANNELS:].flatten(2)[..., 0]
+    image_logits = outputs[:, PIXEL_CHANNELS : 2 * PIXEL_CHANNELS].flatten(2)[..., 0]
     return outputs[:, :PIXEL_CHANNELS], image_logits
+
+
+def auxiliary_outputs(outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The deep-supervision pixel logits ``(batch, 3, ...)`` of a training-mode output, next-to-last level first."""
+    extra = outputs[:, 2 * PIXEL_CHANNELS :]
+    return extra.split(PIXEL_CHANNELS, dim=1) if extra.shape[1] else ()
 
 
 class ResidualUNetWithImageHead(nn.Module):
@@ -56,6 +63,9 @@ class ResidualUNetWithImageHead(nn.Module):
         num_res_units: residual sub-units per encoder block.
         norm: normalisation of every block.
         dropout: dropout of every block and of the head.
+        deep_supervision: decoder levels above the output that also predict the pixel classes while training
+            (deep supervision, a 1x1 convolution each); their logits, upsampled to the output's size, follow the
+            image logits as more channels in training mode only. Weights trained with it need it to load.
     """
 
     def __init__(
@@ -67,10 +77,13 @@ class ResidualUNetWithImageHead(nn.Module):
         num_res_units: int = 2,
         norm: str = "instance",
         dropout: float = 0.1,
+        deep_supervision: int = 0,
     ) -> None:
         super().__init__()
         if len(channels) != len(strides) + 1 or num_res_units < 1:
             raise ValueError(f"need len(channels) == len(strides) + 1 and num_res_units >= 1, got {channels}, {strides}")
+        if not 0 <= deep_supervision < len(strides):
+            raise ValueError(f"deep_supervision must be 0 to {len(strides) - 1}, got {deep_supervision}")
         block = dict(spatial_dims=2, norm=norm, dropout=dropout)
         self.encoders = nn.ModuleList(
             ResidualUnit(in_channels=c_in, out_channels=c_out, strides=s, subunits=num_res_units, **block)
@@ -94,6 +107,10 @@ class ResidualUNetWithImageHead(nn.Module):
                 )
             )
         self.image_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * channels[-1], out_channels))
+        # the decoder of level k outputs channels[k - 1] features; heads for levels 1 .. deep_supervision
+        self.auxiliary_heads = nn.ModuleList(
+            nn.Conv2d(channels[level - 1], out_channels, kernel_size=1) for level in range(1, deep_supervision + 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -102,17 +119,25 @@ class ResidualUNetWithImageHead(nn.Module):
             skips.append(x)
         x = self.bottleneck(x)
         image_logits = self.image_head(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
+        decoded: list[torch.Tensor] = []  # each decoder's output, deepest first: decoded[-1 - k] is level k's
         for depth, decoder in enumerate(self.decoders):
             x = decoder(torch.cat([skips[len(skips) - 1 - depth], x], dim=1))
+            decoded.append(x)
         image_map = image_logits[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-        return torch.cat([x, image_map.to(x.dtype)], dim=1)
+        auxiliary: list[torch.Tensor] = []
+        if self.training:
+            for index, head in enumerate(self.auxiliary_heads):  # head `index` supervises level index + 1
+                logits = head(decoded[-2 - index])
+                auxiliary.append(nn.functional.interpolate(logits, size=x.shape[2:], mode="bilinear").to(x.dtype))
+        return torch.cat([x, image_map.to(x.dtype)] + auxiliary, dim=1)
 
 
 class SegmentationAndImageLoss(nn.Module):
     """Dice + cross-entropy on the pixels plus ``image_weight`` x cross-entropy on the image class.
 
     The image class is read off the label map (its largest label: 0 normal, 1 benign, 2 malignant), so the datalist
-    needs nothing more. Losses are computed in float32 whatever precision the network ran in.
+    needs nothing more. Deep-supervision logits (:func:`auxiliary_outputs`) add their own pixel loss, weighted by half
+    for each level further from the output. Losses are computed in float32 whatever precision the network ran in.
 
     Args:
         class_weights: pixel cross-entropy weights of background, benign, malignant.
@@ -127,9 +152,13 @@ class SegmentationAndImageLoss(nn.Module):
         self.image_weight = image_weight
 
     def forward(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pixel_logits, image_logits = split_outputs(outputs.float())
+        outputs = outputs.float()
+        pixel_logits, image_logits = split_outputs(outputs)
         image_class = labels.flatten(1).amax(dim=1).long()
-        return self.pixel_loss(pixel_logits, labels) + self.image_weight * self.image_loss(image_logits, image_class)
+        loss = self.pixel_loss(pixel_logits, labels) + self.image_weight * self.image_loss(image_logits, image_class)
+        for level, logits in enumerate(auxiliary_outputs(outputs), start=1):
+            loss = loss + 0.5**level * self.pixel_loss(logits, labels)
+        return loss
 
 
 def _cpu_has_bf16() -> bool:
