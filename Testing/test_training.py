@@ -1,5 +1,5 @@
 """Training as a user runs it: a run shorter than the averaged epochs, a run killed while it saves a checkpoint, the
-training config given alone, deep supervision. A tiny network on a synthetic BUSI folder, so that each run takes seconds."""
+training config given alone, deep supervision, the aspect-preserving resize. A tiny network on a synthetic BUSI folder, so that each run takes seconds."""
 
 from __future__ import annotations
 
@@ -148,3 +148,9 @@ def test_deep_supervision_trains_extra_levels_and_infers_as_before(settings, tmp
     weights = network_weights(tmp_path / "model.pt")
     assert any(key.startswith("auxiliary_heads.1.") for key in weights)
     ResidualUNetWithImageHead(channels=(4, 8, 8, 16, 16), deep_supervision=2).load_state_dict(weights)
+
+
+def test_training_with_the_aspect_preserving_resize(settings, tmp_path):
+    # the padded frames go through the random transforms and the loss like the squashed ones
+    assert train(tmp_path, max_epochs=1, settings={**settings, "keep_aspect": True}) == [1]
+    assert (tmp_path / "model.pt").is_file()
