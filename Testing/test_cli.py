@@ -143,7 +143,7 @@ def test_obvious_commands_work_from_the_folder_of_the_image(tmp_path, monkeypatc
 
 def test_weights_of_a_fine_tuning_replace_the_shipped_ones(tmp_path, capsys):
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 48), dtype=np.uint8)).save(tmp_path / "scan.png")
-    # one network instead of the shipped ensemble; a missing file is named and nothing is written
+    # the weights given replace those of models/; a missing file is named and nothing is written
     assert run_cli(tmp_path / "scan.png", "-o", tmp_path / "out", "--weights", REPO / "monai_bundle/models/model.pt") == 0
     assert (tmp_path / "out" / "scan_seg.png").is_file()
     assert run_cli(tmp_path / "scan.png", "-o", tmp_path / "bad", "--weights", tmp_path / "tuned.pt") == 1
