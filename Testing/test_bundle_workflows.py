@@ -513,7 +513,10 @@ def test_shipped_weights_are_the_ones_inference_loads_in_half_precision():
     parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "mixed_precision": False})
     weights = checkpoint_paths(parser.get_parsed_content("checkpoint"))
     assert sorted(p.name for p in (BUNDLE / "models").iterdir()) == sorted(path.name for path in weights)
-    networks = load_networks(parser.get_parsed_content("network"), [str(path) for path in weights])
+    loaded_networks = load_networks(parser.get_parsed_content("network"), [str(path) for path in weights])
+    # one weights file gives the network itself, several an nn.ModuleList of copies
+    networks = loaded_networks if isinstance(loaded_networks, torch.nn.ModuleList) else [loaded_networks]
+    assert len(networks) == len(weights)
     for network, path in zip(networks, weights):
         stored = torch.load(path, map_location="cpu", weights_only=True)
         assert {value.dtype for value in stored.values()} == {torch.float16}
