@@ -11,6 +11,9 @@ uncertainty, and of one minus the mean class probability, as a score for "this l
 Usage::
 
     python benchmarks/lesion_review.py [--data ../shared/data/BUS-UCLM] [--images 200] [--seed 0] [--held_out_fold K]
+        [--tta]
+
+The uncertainty needs more than one view: an ensemble, or the mirrored image (``--tta``) for a single network.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="only the images of this patient fold (scripts.prepare.Preparation, 5 folds): for weights trained on "
         "BUS-UCLM's other folds, the images they never saw",
     )  # fmt: skip
+    options.add_argument("--tta", action="store_true", help="segment the mirrored image too (flip averaging)")
     args = options.parse_args(argv)
     sys.path.insert(0, str(BUNDLE))
     from scripts.prepare import Preparation
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')"})
+    parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "tta": args.tta})
     runner = parser.get_parsed_content("runner")
     with open(args.data / "labels.csv", encoding="utf-8") as stream:
         rows = [row for row in csv.DictReader(stream) if row["pathology"] != "normal"]
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
             wrong.append(true_class != lesion.label)
             uncertainty.append(lesion.uncertainty)
             confidence.append(lesion.confidence)
+    if None in uncertainty:
+        raise SystemExit("one view per image gives no uncertainty: run with --tta, or with an ensemble as the checkpoint")
     wrong, uncertainty, confidence = np.array(wrong), np.array(uncertainty), np.array(confidence)
     print(f"{min(args.images, len(rows))} lesion images: {len(wrong)} lesions found, none in {empty} images; "
           f"{int(wrong.sum())} wrong")
