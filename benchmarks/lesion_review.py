@@ -53,12 +53,15 @@ def main(argv: list[str] | None = None) -> dict:
     options.add_argument("--tta", action="store_true", help="segment the mirrored image too (flip averaging)")
     args = options.parse_args(argv)
     sys.path.insert(0, str(BUNDLE))
+    from scripts.predict import checkpoint_paths
     from scripts.prepare import Preparation
     from scripts.reader import read_image
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "inference.json"))
     parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "tta": args.tta})
+    if len(checkpoint_paths(parser.get_parsed_content("checkpoint"))) * (2 if args.tta else 1) < 2:
+        raise SystemExit("one view per image gives no uncertainty: run with --tta, or with an ensemble as the checkpoint")
     runner = parser.get_parsed_content("runner")
     with open(args.data / "labels.csv", encoding="utf-8") as stream:
         rows = [row for row in csv.DictReader(stream) if row["pathology"] != "normal"]
@@ -82,8 +85,6 @@ def main(argv: list[str] | None = None) -> dict:
             wrong.append(true_class != lesion.label)
             uncertainty.append(lesion.uncertainty)
             confidence.append(lesion.confidence)
-    if None in uncertainty:
-        raise SystemExit("one view per image gives no uncertainty: run with --tta, or with an ensemble as the checkpoint")
     wrong, uncertainty, confidence = np.array(wrong), np.array(uncertainty), np.array(confidence)
     print(f"{min(args.images, len(rows))} lesion images: {len(wrong)} lesions found, none in {empty} images; "
           f"{int(wrong.sum())} wrong")
