@@ -1,5 +1,6 @@
 """Training as a user runs it: a run shorter than the averaged epochs, a run killed while it saves a checkpoint, the
-training config given alone, deep supervision, the aspect-preserving resize. A tiny network on a synthetic BUSI folder, so that each run takes seconds."""
+training config given alone, deep supervision, the aspect-preserving resize. A tiny network on a synthetic BUSI
+folder, so that each run takes seconds."""
 
 from __future__ import annotations
 
