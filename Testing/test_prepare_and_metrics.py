@@ -23,6 +23,7 @@ from scripts.metrics import bootstrap_ci, image_metrics
 from scripts.postprocess import _fill_holes, find_lesions, measure_lesions
 from scripts.prepare import Preparation, sampling_weights
 from scripts.finetune import check_output_dir, tuning_split
+from scripts.tune import held_out_parts
 from scripts.transforms import AntiAliasd, RandBurnedInMarksd, RandDepthGaind
 
 BUSI = Path(__file__).resolve().parents[2] / "shared" / "data" / "BUSI"
@@ -347,6 +348,36 @@ def test_image_head_weighs_in_on_each_lesions_class():
     assert classes(0.3) == [1, 2]  # 0.7 * 1/3 + 0.3 * 0.8 = 0.473
     assert classes(0.4) == [2, 2]  # 0.6 * 1/3 + 0.4 * 0.8 = 0.52: the head tips the first lesion
     assert classes(1.0) == [2, 2]
+
+
+def test_malignancy_threshold_moves_the_class_decision():
+    probabilities = np.zeros((3, 20, 20), dtype=np.float32)
+    probabilities[0] = 1.0
+    probabilities[:, 2:6, 2:6] = np.array([0.1, 0.6, 0.3])[:, None, None]  # malignancy 1/3
+    probabilities[:, 10:18, 10:18] = np.array([0.1, 0.2, 0.7])[:, None, None]  # 7/9
+
+    def classes(threshold: float) -> list[int]:
+        return [label for label, _ in find_lesions(probabilities, malignancy_threshold=threshold)[1]]
+
+    assert classes(0.5) == [1, 2] and classes(0.3) == [2, 2] and classes(0.8) == [1, 1]
+    # the reported malignancy is the one decided on, whatever the threshold
+    _, found = find_lesions(probabilities, malignancy_threshold=0.3)
+    assert [confidence.malignancy for _, confidence in found] == pytest.approx([1 / 3, 7 / 9], abs=1e-4)
+
+
+def test_single_fold_is_dealt_into_parts_whole_groups_within_each_source():
+    items = [{"source": source, "group": f"{source}-p{k // 3}", "name": f"{source}{k}", "fold": 0}
+             for source in ("A", "B") for k in range(12)]
+    items += [{"source": "A", "group": None, "name": f"single{k}", "fold": 0} for k in range(4)]
+    parts = held_out_parts(items, parts=2)
+    assert set(parts) == {"0, part 1 of 2", "0, part 2 of 2"}
+    by_group = defaultdict(set)
+    for item, part in zip(items, parts):
+        by_group[(item["source"], item["group"] or item["name"])].add(part)
+    assert all(len(p) == 1 for p in by_group.values())  # one group, one part
+    for source, groups in (("A", 8), ("B", 4)):  # each source's groups dealt evenly
+        counts = Counter(p.pop() for (s, _), p in by_group.items() if s == source)
+        assert sorted(counts.values()) == [groups // 2, groups // 2]
 
 
 def test_holes_are_filled_as_scipy_fills_them():

@@ -7,7 +7,7 @@ CPU), and for every lesion it finds the script records:
 
 - the **malignancy probability** the class decision is made on (:func:`scripts.postprocess.find_lesions`): the
   malignant share of the lesion's summed probabilities (malignant over benign + malignant), mixed with the image
-  head's malignant share by ``image_class_weight``; the lesion is called malignant above one half;
+  head's malignant share by ``image_class_weight``; the lesion is called malignant above ``malignancy_threshold``;
 - the descriptors of its mask (:mod:`scripts.descriptors`, on the frame, in pixels);
 - its truth: the most common class of the ground-truth label map under its pixels; a lesion that covers no
   ground-truth lesion pixel is a false positive and is left out of what follows.

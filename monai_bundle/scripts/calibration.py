@@ -1,8 +1,8 @@
 """Calibration of a lesion's malignancy probability: temperature and Platt scaling, and how to measure calibration.
 
 The malignancy probability ``p`` of a lesion is the quantity its class is decided on
-(:func:`scripts.postprocess.find_lesions`: malignant above one half). A calibration maps its logit
-``z = log(p / (1 - p))`` to ``sigmoid(z / temperature + offset)``:
+(:func:`scripts.postprocess.find_lesions`: malignant above its threshold, one half by default). A calibration maps
+its logit ``z = log(p / (1 - p))`` to ``sigmoid(z / temperature + offset)``:
 
 - **temperature scaling** fits the temperature alone (offset 0): it makes the probabilities less (temperature > 1)
   or more (< 1) confident and never changes which side of one half a lesion falls on, so the class decision is kept;

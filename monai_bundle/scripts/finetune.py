@@ -2,7 +2,9 @@
 
 A folder in the ``images/ masks/ labels.csv`` layout is prepared like any training source (:mod:`scripts.prepare`):
 its patients (``split_group``) are spread over folds, one fold is held out and scored before and after, and the
-network is tuned on images of the other patients only.
+network is tuned on images of the other patients only. By default only the encoder is tuned: another scanner changes
+how images look, which the first layers see, while the decoder and the image head keep the lesion shapes and class
+decisions learned from many patients (surgical fine-tuning; Lee et al., ICLR 2023).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
-__all__ = ["check_output_dir", "tuning_split"]
+from torch import nn
+
+__all__ = ["check_output_dir", "tuned_parameters", "tuning_split"]
 
 
 def tuning_split(
@@ -55,6 +59,28 @@ def tuning_split(
             "score on others; add images or patients, or hold out a larger share with a smaller --folds (at least 2)"
         )
     return {"training": training + rehearsal, "validation": held_out, "all": datalist["all"]}
+
+
+def tuned_parameters(network: nn.Module, layers: list[str] | None) -> list[nn.Parameter]:
+    """The parameters of ``network`` whose name starts with one of ``layers`` (e.g. ``"encoders"``,
+    ``"decoders.3"``), all of them when None; the others are frozen, so they get no gradient and never change.
+
+    Raises:
+        ValueError: a layer name matches no parameter.
+    """
+    if layers is None:
+        return list(network.parameters())
+    in_layer = lambda name, layer: name == layer or name.startswith(layer + ".")  # noqa: E731
+    named = dict(network.named_parameters())
+    if unknown := [layer for layer in layers if not any(in_layer(name, layer) for name in named)]:
+        top = sorted({name.split(".")[0] for name in named})
+        raise ValueError(f"tuned_layers {unknown} match no layer of the network; its layers: {', '.join(top)}")
+    tuned = []
+    for name, parameter in named.items():
+        parameter.requires_grad_(any(in_layer(name, layer) for layer in layers))
+        if parameter.requires_grad:
+            tuned.append(parameter)
+    return tuned
 
 
 def check_output_dir(output_dir: str, models_dir: str) -> str:

@@ -3,12 +3,13 @@
 The work is split in two so that the expensive part runs on the network's small grid:
 
 1. :func:`find_lesions`, at network resolution: a pixel belongs to a lesion when the background probability is
-   below one half; holes are filled; each connected lesion takes the class with the larger summed probability over
-   its pixels, so a lesion is never half benign and half malignant. Lesions smaller than ``min_area_fraction`` of the
-   image, or whose mean lesion probability is below ``min_confidence``, are dropped; so is every lesion when the
-   image head says the image is normal with probability above ``max_normal_probability``. The result is a map of
-   lesion numbers (0 none, k lesion k) and the class and :class:`LesionConfidence` of each lesion, with the
-   malignancy probability its class was decided on (temperature-scaled when ``malignancy_temperature`` is set).
+   below one half; holes are filled; each connected lesion takes one class, from its malignant share of the summed
+   probability over its pixels (``malignancy_threshold``), so a lesion is never half benign and half malignant.
+   Lesions smaller than ``min_area_fraction`` of the image, or whose mean lesion probability is below
+   ``min_confidence``, are dropped; so is every lesion when the image head says the image is normal with
+   probability above ``max_normal_probability``. The result is a map of lesion numbers (0 none, k lesion k) and
+   the class and :class:`LesionConfidence` of each lesion, with the malignancy probability its class was decided
+   on (temperature-scaled when ``malignancy_temperature`` is set).
 2. The lesion-number map is resized to the frame's size (nearest neighbour, by inverting the preprocessing), and
    :func:`measure_lesions` turns it into the class label map and measures each lesion: area and bounding box, and,
    on the frame's own pixels and spacing, the descriptors of :mod:`scripts.descriptors`.
@@ -52,8 +53,9 @@ class LesionConfidence:
             :class:`scripts.predict.ProbabilityInferer`): how much the networks of the ensemble, and the mirrored
             image under test-time augmentation, differ on it; None when one view was all there was.
         review: the uncertainty is above the review threshold: a reader should check this lesion.
-        malignancy: the probability that the lesion is malignant that its class is decided on (malignant above one
-            half; see :func:`find_lesions`), temperature-scaled when a temperature is set; None when not computed.
+        malignancy: the probability that the lesion is malignant that its class is decided on (malignant above the
+            threshold, one half by default; see :func:`find_lesions`), temperature-scaled when a temperature is set;
+            None when not computed.
     """
 
     mean: float
@@ -115,6 +117,7 @@ def find_lesions(
     disagreement: np.ndarray | None = None,
     review_uncertainty: float = 1.0,
     malignancy_temperature: float = 1.0,
+    malignancy_threshold: float = 0.5,
 ) -> tuple[np.ndarray, list[tuple[int, LesionConfidence]]]:
     """Lesion-number map and ``(label, confidence)`` of each lesion, at the probabilities' resolution.
 
@@ -126,12 +129,14 @@ def find_lesions(
         max_normal_probability: no lesion is kept when the image head's normal probability is above this.
         image_class_weight: how much the image head, rather than the lesion's pixels, decides whether a lesion is
             malignant: the lesion is malignant when the weighted mean of the two malignant shares (malignant over
-            benign + malignant, of the pixels summed over the lesion and of the image head) is above one half.
+            benign + malignant, of the pixels summed over the lesion and of the image head) is above
+            ``malignancy_threshold``.
         disagreement: (rows, columns) disagreement of the views the probabilities average, or None for one view.
         review_uncertainty: a lesion whose mean disagreement is above this is flagged for review.
         malignancy_temperature: temperature of the reported malignancy probability (:mod:`scripts.calibration`):
             its logit is divided by it; 1 reports the probability as the networks give it. It never changes a
             lesion's class.
+        malignancy_threshold: a lesion is malignant when its malignancy (before the temperature) is above this.
 
     Returns:
         int32 map (0 none, k for the k-th lesion) and the lesions' label and :class:`LesionConfidence`, numbered
@@ -159,7 +164,7 @@ def find_lesions(
         benign, malignant = (pixel_probabilities[c][region][mask].sum() for c in (1, 2))
         malignant_share = malignant / max(benign + malignant, 1e-6)
         weighted = (1 - image_class_weight) * malignant_share + image_class_weight * image_malignant_share
-        label = 2 if weighted > 0.5 else 1
+        label = 2 if weighted > malignancy_threshold else 1
         numbers[region][mask] = len(found) + 1
         class_probability = pixel_probabilities[label][region][mask]
         uncertainty = None if disagreement is None else round(float(disagreement[region][mask].mean()), 4)
@@ -234,6 +239,7 @@ class FindLesionsd(MapTransform):
         image_class_weight: float = 0.0,
         review_uncertainty: float = 1.0,
         malignancy_temperature: float = 1.0,
+        malignancy_threshold: float = 0.5,
     ) -> None:
         super().__init__(keys)
         self.settings = dict(
@@ -243,6 +249,7 @@ class FindLesionsd(MapTransform):
             image_class_weight=image_class_weight,
             review_uncertainty=review_uncertainty,
             malignancy_temperature=malignancy_temperature,
+            malignancy_threshold=malignancy_threshold,
         )
 
     def __call__(self, data: dict) -> dict:

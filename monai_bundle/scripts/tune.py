@@ -2,10 +2,13 @@
 
 The networks run once per image (each image by the network of the fold that held it out); every combination of
 the grid is then applied to the same probabilities and scored with the evaluation's metrics. The table is written
-as CSV, best first by the mean of the target metrics. Choosing thresholds this way uses every usable image without
-letting a network judge images it trained on. With several sources, settings are ranked by their worst source. The best setting's figures are still chosen on the images they are
-measured on, so a second table says what choosing is worth: for each fold, the setting that is best on the other
-folds, scored on that fold, and those scores pooled over all folds next to the default settings'.
+as CSV, best first by the mean of the target metrics on the worst source (ties broken by the mean over all
+images): a setting that is good on one scanner and loses lesions on another is not chosen. Choosing thresholds
+this way uses every usable image without letting a network judge images it trained on. The best setting's figures are still chosen on the images they are measured on, so a second table says what
+choosing is worth: for each fold, the setting that is best on the other folds, scored on that fold, and those
+scores pooled over all folds next to the default settings'. When a single fold is scored (a network trained on the
+other folds), its patients and duplicate groups are dealt into ``parts`` parts within each source, which stand in
+for the folds.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
+import random
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,8 @@ class PostprocessingSearch:
         eval_folds: folds whose images are used.
         output_dir: where ``postprocessing_search.csv`` goes.
         grid: values to try for each setting of ``lesion_finder``.
+        parts: with a single fold in ``eval_folds``, how many parts its groups are dealt into for the table of what
+            choosing is worth.
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class PostprocessingSearch:
         eval_folds: list[int],
         output_dir: str,
         grid: dict[str, list[float]],
+        parts: int = 2,
     ) -> None:
         self.runner = runner
         self.lesion_finder = lesion_finder
@@ -59,6 +66,7 @@ class PostprocessingSearch:
         self.fold_weights = fold_weights
         self.output_dir = Path(output_dir)
         self.settings = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+        self.parts = parts
 
     def run(self) -> list[dict]:
         """Score every combination; returns the rows, best first."""
@@ -85,11 +93,13 @@ class PostprocessingSearch:
             self.lesion_finder.settings.update(default)
         sources = [item.get("source", "") for item in self.datalist]
         rows = [{**setting, **_targets(per_image, sources)} for setting, per_image in zip(self.settings, scores)]
-        rows.sort(key=lambda r: -r["worst_source_mean_of_targets"])
+        rows.sort(key=_rank)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         _write_csv(self.output_dir / "postprocessing_search.csv", rows)
         logger.info(f"best on {len(self.datalist)} images: {rows[0]}")
-        folds = [item["fold"] for item in self.datalist]
+        folds = [str(item["fold"]) for item in self.datalist]
+        if len(set(folds)) == 1:
+            folds = held_out_parts(self.datalist, self.parts)
         if len(set(folds)) > 1:
             chosen = self._choose_without_each_fold(
                 scores, folds, sources, {name: default[name] for name in self.settings[0]}
@@ -100,18 +110,16 @@ class PostprocessingSearch:
         return rows
 
     def _choose_without_each_fold(
-        self, scores: list[list[dict]], folds: list[int], sources: list[str], default: dict
+        self, scores: list[list[dict]], folds: list[str], sources: list[str], default: dict
     ) -> list[dict]:
         """Per fold: the setting best on the other folds and its scores on this fold; then pooled and the defaults."""
         rows, pooled, pooled_sources = [], [], []
         for fold in sorted(set(folds)):
             others = [i for i, f in enumerate(folds) if f != fold]
             held_out = [i for i, f in enumerate(folds) if f == fold]
-            best = max(
+            best = min(
                 range(len(self.settings)),
-                key=lambda s: _targets([scores[s][i] for i in others], [sources[i] for i in others])[
-                    "worst_source_mean_of_targets"
-                ],
+                key=lambda s: _rank(_targets([scores[s][i] for i in others], [sources[i] for i in others])),
             )
             pooled += [scores[best][i] for i in held_out]
             pooled_sources += [sources[i] for i in held_out]
@@ -126,6 +134,24 @@ class PostprocessingSearch:
                 **_targets(scores[self.settings.index(default)], sources),
             })
         return rows
+
+
+def held_out_parts(datalist: list[dict], parts: int, seed: int = 0) -> list[str]:
+    """The part of each item of one fold, e.g. ``"0, part 1 of 2"``: within each source, its groups (patients,
+    duplicate groups; an image without one is its own) shuffled and dealt in turn, so one scan never sits in two."""
+    group_of = [(item.get("source", ""), item.get("group") or item.get("name") or item["image"]) for item in datalist]
+    part_of: dict[tuple[str, str], int] = {}
+    for source in sorted({source for source, _ in group_of}):
+        groups = sorted({group for s, group in group_of if s == source})
+        random.Random(seed).shuffle(groups)
+        part_of.update({(source, group): index % parts for index, group in enumerate(groups)})
+    return [f"{item['fold']}, part {part_of[key] + 1} of {parts}" for item, key in zip(datalist, group_of)]
+
+
+def _rank(row: dict) -> tuple[float, float]:
+    """Sort key of a setting's row, best first: the worst source's mean of the targets, then (many settings find the
+    same lesions on one source) the mean over all images."""
+    return -row["worst_source_mean_of_targets"], -row["mean_of_targets"]
 
 
 def _targets(per_image: list[dict], sources: list[str]) -> dict:
