@@ -22,7 +22,7 @@ from scripts.evaluate import compare_evaluations, read_per_image, summarise, sum
 from scripts.metrics import bootstrap_ci, image_metrics
 from scripts.postprocess import _fill_holes, find_lesions, measure_lesions
 from scripts.prepare import Preparation, sampling_weights
-from scripts.finetune import check_output_dir, tuning_split
+from scripts.finetune import check_output_dir, tuned_parameters, tuning_split
 from scripts.tune import held_out_parts
 from scripts.transforms import AntiAliasd, RandBurnedInMarksd, RandDepthGaind
 
@@ -364,6 +364,16 @@ def test_malignancy_threshold_moves_the_class_decision():
     _, found = find_lesions(probabilities, malignancy_threshold=0.3)
     assert [confidence.malignancy for _, confidence in found] == pytest.approx([1 / 3, 7 / 9], abs=1e-4)
 
+
+def test_tuned_parameters_freeze_every_other_layer():
+    network = torch.nn.ModuleDict({"encoders": torch.nn.Linear(2, 2), "decoders": torch.nn.Linear(2, 2)})
+    tuned = tuned_parameters(network, ["encoders"])
+    assert tuned == list(network["encoders"].parameters())
+    assert [p.requires_grad for p in network.parameters()] == [True, True, False, False]
+    assert tuned_parameters(network, None) == list(network.parameters())  # None: every layer, as before
+    assert all(p.requires_grad for p in network.parameters())
+    with pytest.raises(ValueError, match=r"\['encoder'\] match no layer of the network; its layers: decoders, encoders"):
+        tuned_parameters(network, ["encoder"])
 
 def test_single_fold_is_dealt_into_parts_whole_groups_within_each_source():
     items = [{"source": source, "group": f"{source}-p{k // 3}", "name": f"{source}{k}", "fold": 0}

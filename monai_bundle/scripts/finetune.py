@@ -68,16 +68,14 @@ def tuned_parameters(network: nn.Module, layers: list[str] | None) -> list[nn.Pa
     Raises:
         ValueError: a layer name matches no parameter.
     """
-    if layers is None:
-        return list(network.parameters())
     in_layer = lambda name, layer: name == layer or name.startswith(layer + ".")  # noqa: E731
     named = dict(network.named_parameters())
-    if unknown := [layer for layer in layers if not any(in_layer(name, layer) for name in named)]:
+    if unknown := [layer for layer in layers or [] if not any(in_layer(name, layer) for name in named)]:
         top = sorted({name.split(".")[0] for name in named})
         raise ValueError(f"tuned_layers {unknown} match no layer of the network; its layers: {', '.join(top)}")
     tuned = []
     for name, parameter in named.items():
-        parameter.requires_grad_(any(in_layer(name, layer) for layer in layers))
+        parameter.requires_grad_(layers is None or any(in_layer(name, layer) for layer in layers))
         if parameter.requires_grad:
             tuned.append(parameter)
     return tuned
