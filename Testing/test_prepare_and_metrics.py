@@ -372,7 +372,8 @@ def test_tuned_parameters_freeze_every_other_layer():
     assert [p.requires_grad for p in network.parameters()] == [True, True, False, False]
     assert tuned_parameters(network, None) == list(network.parameters())  # None: every layer, as before
     assert all(p.requires_grad for p in network.parameters())
-    with pytest.raises(ValueError, match=r"\['encoder'\] match no layer of the network; its layers: decoders, encoders"):
+    unknown = r"\['encoder'\] match no layer of the network; its layers: decoders, encoders"
+    with pytest.raises(ValueError, match=unknown):
         tuned_parameters(network, ["encoder"])
 
 def test_single_fold_is_dealt_into_parts_whole_groups_within_each_source():

@@ -4,11 +4,11 @@ The networks run once per image (each image by the network of the fold that held
 the grid is then applied to the same probabilities and scored with the evaluation's metrics. The table is written
 as CSV, best first by the mean of the target metrics on the worst source (ties broken by the mean over all
 images): a setting that is good on one scanner and loses lesions on another is not chosen. Choosing thresholds
-this way uses every usable image without letting a network judge images it trained on. The best setting's figures are still chosen on the images they are measured on, so a second table says what
-choosing is worth: for each fold, the setting that is best on the other folds, scored on that fold, and those
-scores pooled over all folds next to the default settings'. When a single fold is scored (a network trained on the
-other folds), its patients and duplicate groups are dealt into ``parts`` parts within each source, which stand in
-for the folds.
+this way uses every usable image without letting a network judge images it trained on. The best setting's figures
+are still chosen on the images they are measured on, so a second table says what choosing is worth: for each fold,
+the setting that is best on the other folds, scored on that fold, and those scores pooled over all folds next to
+the default settings'. When a single fold is scored (a network trained on the other folds), its patients and
+duplicate groups are dealt into ``parts`` parts within each source, which stand in for the folds.
 """
 
 from __future__ import annotations
